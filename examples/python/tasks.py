@@ -1,0 +1,87 @@
+"""Example Celery tasks, written for plain Celery.
+
+This module runs unchanged under a real Celery worker (``celery -A tasks worker``) and
+compiles to a celeriac task component (``celeriac build tasks.py -o tasks.wasm``). Task
+names follow Celery's default, ``<module>.<function>``: ``tasks.add``, ``tasks.echo``, ...
+"""
+
+import time
+
+from celery import Celery
+from celery.utils.log import get_task_logger
+
+app = Celery("tasks", broker="redis://localhost:6379/0", backend="redis://localhost:6379/0")
+
+logger = get_task_logger(__name__)
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def mul(x, y):
+    return x * y
+
+
+@app.task
+def xsum(numbers):
+    return sum(numbers)
+
+
+@app.task
+def echo(*args, **kwargs):
+    """Returns its arguments: ``{"args": [...], "kwargs": {...}}``."""
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task
+def fail(message):
+    raise ValueError(message)
+
+
+@app.task
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task
+def spin():
+    """Never returns: a pure-Python busy loop, for time-limit tests."""
+    n = 0
+    while True:
+        n += 1
+
+
+@app.task
+def hog(megabytes):
+    """Allocates ``megabytes`` MB and touches every page, for memory-limit tests."""
+    block = bytearray(megabytes * 1024 * 1024)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    return megabytes
+
+
+@app.task(bind=True)
+def retry_until(self, n):
+    """Retries itself until it has been retried ``n`` times, then returns ``n``."""
+    if self.request.retries < n:
+        logger.info("retry %d of %d", self.request.retries + 1, n)
+        raise self.retry(countdown=0.1)
+    return n
+
+
+@app.task(bind=True)
+def progress(self, steps):
+    """Reports ``PROGRESS`` once per step, then returns ``steps``."""
+    for i in range(steps):
+        self.update_state(state="PROGRESS", meta={"current": i, "total": steps})
+    return steps
+
+
+@app.task
+def read_file(path):
+    with open(path) as f:
+        return f.read()

@@ -1,0 +1,9 @@
+//! The exit codes of the `celeriac` binary.
+
+/// The command did what was asked (for `run`: the task succeeded, or was ignored).
+pub const SUCCESS: i32 = 0;
+/// The task ran and failed (an exception, a limit, a reject, an unknown task name).
+pub const TASK_FAILED: i32 = 1;
+/// Bad usage or set-up: invalid flags or JSON, an unloadable tasks directory, a failed build.
+/// clap uses the same code for flag errors.
+pub const USAGE: i32 = 2;

@@ -1,0 +1,84 @@
+//! The `celeriac` command line: one module per subcommand, shared option groups, exit codes.
+
+pub mod build;
+pub mod exit;
+pub mod logging;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use celeriac::registry::CompileCache;
+
+/// celeriac: a Celery worker that runs every task in a WebAssembly sandbox.
+///
+/// Tasks are WebAssembly components (build one from a Celery tasks.py with `celeriac build`);
+/// the worker serves every component found in its tasks directory.
+#[derive(Debug, Parser)]
+#[command(name = "celeriac", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Logging options.
+    #[command(flatten)]
+    pub log: logging::LogOpts,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one task locally, without a broker, and print its JSON result.
+    Run(run::RunArgs),
+    /// Compile a Celery task module (tasks.py) into a task component.
+    Build(build::BuildArgs),
+}
+
+/// Where tasks come from, shared by the commands that load components.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Task options")]
+pub struct TasksOpts {
+    /// Directory of task components (*.wasm), with optional policy files beside them
+    #[arg(
+        long = "tasks",
+        env = "CELERIAC_TASKS",
+        default_value = "tasks",
+        value_name = "DIR"
+    )]
+    pub tasks_dir: PathBuf,
+    /// Directory for compiled components [default: $CELERIAC_CACHE_DIR, else ~/.cache/celeriac]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile components on every start instead of using the cache
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl TasksOpts {
+    /// The compile cache these options ask for.
+    pub fn cache(&self) -> Option<CompileCache> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir
+            .clone()
+            .or_else(CompileCache::default_dir)
+            .map(CompileCache::new)
+    }
+}
+
+/// Limits shared by the commands that run tasks.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitOpts {
+    /// Hard time limit in seconds: the task is killed with TimeLimitExceeded [default: task's option, else none]
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds: the task is interrupted with SoftTimeLimitExceeded [default: task's option, else none]
+    #[arg(long, value_name = "SECONDS")]
+    pub soft_time_limit: Option<f64>,
+    /// Memory cap per task instance, in MiB [default: 256]
+    #[arg(long, value_name = "MB", env = "CELERIAC_MEMORY_LIMIT")]
+    pub memory_limit: Option<usize>,
+}

@@ -1,0 +1,214 @@
+//! `celeriac run`: loads the tasks directory and runs one task locally, like Celery's
+//! `task.apply()`: no broker, retries run in place after their countdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use celeriac::registry::Registry;
+use celeriac::sandbox::{DeliveryInfo, EngineOptions, Invocation, Request, Sandbox, SandboxLimits};
+use celeriac::worker::{self, CeleryException, HeaderTimeLimits, TaskState, TracingTaskEvents};
+
+use super::{LimitOpts, TasksOpts, exit};
+
+/// Longest countdown `run` waits for before a retry; a longer one would look like a hang.
+const MAX_LOCAL_RETRY_WAIT: Duration = Duration::from_secs(60);
+
+/// `celeriac run` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The Celery task name, e.g. tasks.add
+    pub name: String,
+    /// Positional arguments, a JSON array
+    #[arg(short, long, default_value = "[]", value_name = "JSON")]
+    pub args: String,
+    /// Keyword arguments, a JSON object
+    #[arg(short, long, default_value = "{}", value_name = "JSON")]
+    pub kwargs: String,
+    /// Print the time taken and the peak memory on stderr
+    #[arg(short, long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tasks: TasksOpts,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub limits: LimitOpts,
+}
+
+/// Runs the command and returns the exit code.
+pub fn main(args: RunArgs) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return exit::USAGE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            exit::USAGE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let task_args = parse_json(&args.args, "--args")?;
+    let task_kwargs = parse_json(&args.kwargs, "--kwargs")?;
+    if !task_args.is_array() {
+        bail!("--args must be a JSON array, e.g. '[2, 3]'");
+    }
+    if !task_kwargs.is_object() {
+        bail!("--kwargs must be a JSON object, e.g. '{{\"x\": 1}}'");
+    }
+    let mut worker_limits = SandboxLimits::new();
+    if let Some(megabytes) = args.limits.memory_limit {
+        worker_limits = worker_limits.memory_bytes(megabytes << 20);
+    }
+    let header = HeaderTimeLimits {
+        hard: args.limits.time_limit,
+        soft: args.limits.soft_time_limit,
+    };
+
+    let sandbox = Sandbox::new(&EngineOptions::default())?;
+    let cache = args.tasks.cache();
+    let registry = Registry::load_dir(&sandbox, &args.tasks.tasks_dir, cache.as_ref()).await?;
+    let Some(component) = registry.resolve(&args.name) else {
+        // Celery's worker stores NotRegistered for an unknown name; say the same here.
+        eprintln!("NotRegistered: '{}'", args.name);
+        let known = registry.task_names().join(", ");
+        eprintln!(
+            "  tasks in {}: {}",
+            args.tasks.tasks_dir.display(),
+            if known.is_empty() { "none" } else { &known }
+        );
+        return Ok(exit::TASK_FAILED);
+    };
+    let options = component
+        .task(&args.name)
+        .map(|task| task.options.clone())
+        .context("task vanished from its component")?;
+    let limits = worker::resolve_limits(&worker_limits, &options, header);
+    limits.validate().map_err(anyhow::Error::msg)?;
+
+    let task_id = uuid::Uuid::new_v4().to_string();
+    let args_json = args.args.clone();
+    let kwargs_json = args.kwargs.clone();
+    let mut retries = 0u32;
+    loop {
+        let request = local_request(&task_id, &args.name, retries);
+        let invocation = Invocation {
+            request,
+            args_json: args_json.clone(),
+            kwargs_json: kwargs_json.clone(),
+            limits: limits.clone(),
+            events: Arc::new(TracingTaskEvents {
+                task_name: args.name.clone(),
+                task_id: task_id.clone(),
+            }),
+        };
+        let started = Instant::now();
+        let report = sandbox.run(&component.prepared, invocation).await?;
+        if args.verbose {
+            eprintln!(
+                "{}[{task_id}] ran in {:.6}s, peak memory {:.1} MiB (component {} {})",
+                args.name,
+                started.elapsed().as_secs_f64(),
+                report.peak_memory_bytes as f64 / (1 << 20) as f64,
+                component.path.display(),
+                component.version()
+            );
+        }
+        match worker::task_state(&report.outcome) {
+            TaskState::Success(result) => {
+                println!("{result}");
+                return Ok(exit::SUCCESS);
+            }
+            TaskState::Failure(exception) => return Ok(report_failure(&exception, args.verbose)),
+            TaskState::Retry(retry) => {
+                let max_retries = retry.max_retries.or(options.max_retries).unwrap_or(3);
+                if !options.retry_forever && retries >= max_retries {
+                    let exception =
+                        CeleryException::max_retries_exceeded(&args.name, &task_id, max_retries);
+                    return Ok(report_failure(&exception, args.verbose));
+                }
+                let wait = retry_wait(retry.countdown, options.default_retry_delay);
+                tracing::info!(task_name = %args.name, task_id = %task_id, retries, "Task {}[{task_id}] retry: in {:.3}s", args.name, wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+                retries += 1;
+            }
+            TaskState::Rejected(reject) => {
+                eprintln!(
+                    "Reject: {} (requeue={})",
+                    reject.reason.as_deref().unwrap_or("no reason given"),
+                    reject.requeue
+                );
+                return Ok(exit::TASK_FAILED);
+            }
+            TaskState::Ignored => {
+                eprintln!("Ignore: the task asked for its result to be ignored");
+                return Ok(exit::SUCCESS);
+            }
+        }
+    }
+}
+
+fn parse_json(text: &str, flag: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("{flag} is not valid JSON: {text}"))
+}
+
+fn report_failure(exception: &CeleryException, verbose: bool) -> i32 {
+    eprintln!("{}", exception.summary());
+    if verbose {
+        if let Some(traceback) = &exception.traceback {
+            eprintln!("{traceback}");
+        }
+    }
+    exit::TASK_FAILED
+}
+
+/// The countdown a local retry waits: the retry's, else the task's default delay (Celery's
+/// default is 180 s), never more than [`MAX_LOCAL_RETRY_WAIT`].
+fn retry_wait(countdown: Option<f64>, default_retry_delay: Option<f64>) -> Duration {
+    let seconds = countdown.or(default_retry_delay).unwrap_or(180.0);
+    let seconds = if seconds.is_finite() && seconds > 0.0 {
+        seconds
+    } else {
+        0.0
+    };
+    Duration::from_secs_f64(seconds).min(MAX_LOCAL_RETRY_WAIT)
+}
+
+/// `self.request` of a local run: eager, no broker, the root of its own work-flow.
+fn local_request(task_id: &str, name: &str, retries: u32) -> Request {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    Request {
+        id: task_id.to_string(),
+        task: name.to_string(),
+        retries,
+        root_id: Some(task_id.to_string()),
+        parent_id: None,
+        group: None,
+        group_index: None,
+        eta: None,
+        expires: None,
+        hostname: format!("celeriac@{host}"),
+        origin: Some(format!("gen{}@{host}", std::process::id())),
+        correlation_id: Some(task_id.to_string()),
+        reply_to: None,
+        delivery_info: DeliveryInfo {
+            exchange: String::new(),
+            routing_key: String::new(),
+            priority: None,
+            redelivered: false,
+        },
+        is_eager: true,
+    }
+}

@@ -1,0 +1,19 @@
+//! celeriac: a Celery worker whose tasks are WebAssembly components.
+//!
+//! # Layout
+//!
+//! Modules in dependency order; each uses only those above it.
+//!
+//! * [`sandbox`]: runs one task invocation in a fresh, limited wasmtime instance and reports
+//!   an outcome. Knows nothing of brokers.
+//! * [`registry`]: task name → component; loads a tasks directory, validates components,
+//!   caches compiled artifacts on disk.
+//! * [`worker`]: turns outcomes into Celery states and exceptions, and (with the broker
+//!   issues) runs the consumer loop.
+//!
+//! The `celeriac` binary (`src/main.rs`, `src/cli/`) is the command line on top.
+#![deny(missing_docs)]
+
+pub mod registry;
+pub mod sandbox;
+pub mod worker;

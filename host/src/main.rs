@@ -1,0 +1,23 @@
+//! The `celeriac` binary: parses the command line, sets up logging, runs a subcommand.
+
+mod cli;
+
+use clap::Parser;
+
+use cli::{Cli, Command, exit};
+
+fn main() {
+    let cli = Cli::parse();
+    cli::logging::init(&cli.log);
+    let code = match cli.command {
+        Command::Run(args) => cli::run::main(args),
+        Command::Build(args) => match cli::build::run(&args) {
+            Ok(()) => exit::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                exit::USAGE
+            }
+        },
+    };
+    std::process::exit(code);
+}

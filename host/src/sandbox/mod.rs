@@ -1,0 +1,375 @@
+//! Runs one task invocation in a fresh, limited WebAssembly instance.
+//!
+//! The sandbox owns the wasmtime `Engine` (pooling allocator, epoch interruption), the
+//! `Linker` with WASI and the `context` imports, and [`Sandbox::run`], which instantiates a
+//! prepared component, calls its `run` export and reports an [`Outcome`]. It knows nothing
+//! of brokers, acks, retries or result backends: guest failures (a raised exception, a trap,
+//! a time or memory limit) are outcomes, and `run` fails only when the host itself does.
+
+mod bindings;
+mod engine;
+mod guest_state;
+mod limits;
+mod outcome;
+mod output;
+mod policy;
+mod reuse;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+
+pub use bindings::types::{
+    DeliveryInfo, Exception, LogLevel, RejectRequest, Request, RetryRequest, TaskError, TaskInfo,
+    TaskOptions,
+};
+pub use engine::EngineOptions;
+pub use limits::SandboxLimits;
+pub use outcome::{Abort, Outcome, RunReport};
+pub use policy::{DirGrant, WasiPolicy};
+
+use bindings::{Task, TaskPre};
+use guest_state::GuestState;
+use output::{GuestOutput, Stream, TaskLog};
+use reuse::WarmInstances;
+
+/// Errors of the host side of the sandbox. A guest misbehaving is never one of these.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// The engine could not be configured.
+    #[error("cannot create the wasmtime engine: {0}")]
+    Engine(#[source] wasmtime::Error),
+    /// A component failed to compile.
+    #[error("not a valid WebAssembly component: {0:#}")]
+    Compile(#[source] wasmtime::Error),
+    /// A component does not satisfy the `celeriac:task/task` world.
+    #[error("does not fit the celeriac:task/task@0.1.0 world: {0:#}")]
+    World(#[source] wasmtime::Error),
+    /// A capability the policy grants could not be set up (e.g. a missing directory).
+    #[error("cannot apply the component's policy: {0}")]
+    Policy(#[source] std::io::Error),
+    /// An instance could not be created for a reason other than the guest's limits
+    /// (e.g. the instance pool is full).
+    #[error("cannot instantiate the component: {0:#}")]
+    Instantiate(#[source] wasmtime::Error),
+    /// The component's `tasks` export failed.
+    #[error("its `tasks` export failed: {0}")]
+    Describe(String),
+    /// The epoch thread could not be started.
+    #[error("cannot start the epoch thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Receives what a running task reports besides its result.
+///
+/// Called synchronously from the guest's thread: implementations hand the data on (a log
+/// line, a channel send) and never block.
+pub trait TaskEvents: Send + Sync {
+    /// A log line from the task (its `context.log` calls, stdout and stderr).
+    fn log(&self, level: LogLevel, message: &str);
+    /// `update-state(state, meta)` from the task; `meta_json` is JSON text.
+    fn update_state(&self, state: &str, meta_json: &str);
+}
+
+/// How instances of a component are used across tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// A fresh instance per task: nothing a task does can be seen by the next (default).
+    #[default]
+    Fresh,
+    /// An instance serves up to `max_tasks_per_instance` tasks in turn, like Celery's
+    /// `worker_max_tasks_per_child`. Faster for guests with a costly start (Python), but
+    /// globals, caches and leaks survive from one task to the next. An instance that traps
+    /// or hits a limit is always thrown away.
+    Reuse {
+        /// Tasks an instance serves before it is replaced.
+        max_tasks_per_instance: u32,
+    },
+}
+
+/// A component ready to run: linked, validated against the world, with its policy.
+pub struct Prepared {
+    pre: TaskPre<GuestState>,
+    policy: WasiPolicy,
+    isolation: Isolation,
+    warm: WarmInstances,
+}
+
+impl Prepared {
+    /// The isolation this component runs with.
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+}
+
+/// One task to run.
+pub struct Invocation {
+    /// Celery's `self.request`.
+    pub request: Request,
+    /// Positional arguments, a JSON array.
+    pub args_json: String,
+    /// Keyword arguments, a JSON object.
+    pub kwargs_json: String,
+    /// The limits resolved for this task.
+    pub limits: SandboxLimits,
+    /// Where the task's logs and state updates go.
+    pub events: Arc<dyn TaskEvents>,
+}
+
+/// The worker's WebAssembly runtime. Cheap to clone; clones share the engine.
+#[derive(Clone)]
+pub struct Sandbox {
+    engine: Engine,
+    /// Shared by every instance; built once, read-only afterwards.
+    linker: Arc<Linker<GuestState>>,
+}
+
+impl Sandbox {
+    /// Creates the engine and the linker, and starts the epoch thread.
+    pub fn new(options: &EngineOptions) -> Result<Self, SandboxError> {
+        let engine = engine::build_engine(options).map_err(SandboxError::Engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(SandboxError::Engine)?;
+        Task::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
+            .map_err(SandboxError::Engine)?;
+        engine::spawn_epoch_ticker(engine.weak(), options.epoch_tick)
+            .map_err(SandboxError::Thread)?;
+        Ok(Sandbox {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// The engine, for compiling and for the compile cache's key.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles component bytes. CPU-heavy: call it from a blocking thread.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, SandboxError> {
+        Component::new(&self.engine, bytes).map_err(SandboxError::Compile)
+    }
+
+    /// Links a compiled component and checks it against the world.
+    pub fn prepare(
+        &self,
+        component: &Component,
+        policy: WasiPolicy,
+        isolation: Isolation,
+    ) -> Result<Prepared, SandboxError> {
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(SandboxError::World)?;
+        let pre = TaskPre::new(instance_pre).map_err(SandboxError::World)?;
+        Ok(Prepared {
+            pre,
+            policy,
+            isolation,
+            warm: WarmInstances::default(),
+        })
+    }
+
+    /// Calls the component's `tasks` export in a throwaway instance.
+    pub async fn describe(
+        &self,
+        prepared: &Prepared,
+        events: Arc<dyn TaskEvents>,
+    ) -> Result<Vec<TaskInfo>, SandboxError> {
+        let limits = SandboxLimits::new().time_limit(Some(std::time::Duration::from_secs(30)));
+        let mut store = self.new_store(&prepared.policy, events, &limits)?;
+        let task = match prepared.pre.instantiate_async(&mut store).await {
+            Ok(task) => task,
+            Err(err) => {
+                return Err(match classify_failure(store.data(), err) {
+                    Ok(abort) => SandboxError::Describe(abort.to_string()),
+                    Err(err) => err,
+                });
+            }
+        };
+        task.call_tasks(&mut store).await.map_err(|err| {
+            SandboxError::Describe(match classify_failure(store.data(), err) {
+                Ok(abort) => abort.to_string(),
+                Err(err) => err.to_string(),
+            })
+        })
+    }
+
+    /// Runs one task and reports how it ended.
+    pub async fn run(
+        &self,
+        prepared: &Prepared,
+        invocation: Invocation,
+    ) -> Result<RunReport, SandboxError> {
+        let started = Instant::now();
+        let argument_bytes = invocation.args_json.len() + invocation.kwargs_json.len();
+        if argument_bytes > invocation.limits.max_argument_bytes {
+            return Ok(RunReport {
+                outcome: Outcome::Aborted(Abort::ArgumentsTooLarge {
+                    size: argument_bytes,
+                    limit: invocation.limits.max_argument_bytes,
+                }),
+                duration: started.elapsed(),
+                peak_memory_bytes: 0,
+            });
+        }
+        match prepared.isolation {
+            Isolation::Fresh => self.run_fresh(prepared, invocation, started).await,
+            Isolation::Reuse {
+                max_tasks_per_instance,
+            } => {
+                self.run_reused(prepared, invocation, started, max_tasks_per_instance)
+                    .await
+            }
+        }
+    }
+
+    async fn run_fresh(
+        &self,
+        prepared: &Prepared,
+        invocation: Invocation,
+        started: Instant,
+    ) -> Result<RunReport, SandboxError> {
+        let mut store = self.new_store(
+            &prepared.policy,
+            invocation.events.clone(),
+            &invocation.limits,
+        )?;
+        let outcome = match prepared.pre.instantiate_async(&mut store).await {
+            Ok(task) => call_run(&mut store, &task, &invocation).await?,
+            Err(err) => Outcome::Aborted(classify_failure(store.data(), err)?),
+        };
+        store.data().log.flush();
+        Ok(RunReport {
+            outcome,
+            duration: started.elapsed(),
+            peak_memory_bytes: store.data().memory.peak_bytes,
+        })
+    }
+
+    async fn run_reused(
+        &self,
+        prepared: &Prepared,
+        invocation: Invocation,
+        started: Instant,
+        max_tasks_per_instance: u32,
+    ) -> Result<RunReport, SandboxError> {
+        let mut warm = match prepared.warm.take() {
+            Some(mut warm) => {
+                warm.store
+                    .data_mut()
+                    .begin_task(invocation.events.clone(), &invocation.limits);
+                warm
+            }
+            None => {
+                let mut store = self.new_store(
+                    &prepared.policy,
+                    invocation.events.clone(),
+                    &invocation.limits,
+                )?;
+                match prepared.pre.instantiate_async(&mut store).await {
+                    Ok(task) => reuse::WarmInstance::new(store, task),
+                    Err(err) => {
+                        let outcome = Outcome::Aborted(classify_failure(store.data(), err)?);
+                        store.data().log.flush();
+                        return Ok(RunReport {
+                            outcome,
+                            duration: started.elapsed(),
+                            peak_memory_bytes: store.data().memory.peak_bytes,
+                        });
+                    }
+                }
+            }
+        };
+        let outcome = call_run(&mut warm.store, &warm.task, &invocation).await?;
+        warm.store.data().log.flush();
+        let report = RunReport {
+            outcome,
+            duration: started.elapsed(),
+            peak_memory_bytes: warm.store.data().memory.peak_bytes,
+        };
+        // An instance that was interrupted may hold half-updated state: never reuse it.
+        if !matches!(report.outcome, Outcome::Aborted(_)) {
+            prepared.warm.give_back(warm, max_tasks_per_instance);
+        }
+        Ok(report)
+    }
+
+    fn new_store(
+        &self,
+        policy: &WasiPolicy,
+        events: Arc<dyn TaskEvents>,
+        limits: &SandboxLimits,
+    ) -> Result<Store<GuestState>, SandboxError> {
+        let log = TaskLog::new(events.clone(), limits.max_log_bytes);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(GuestOutput::new(log.clone(), Stream::Stdout))
+            .stderr(GuestOutput::new(log.clone(), Stream::Stderr));
+        policy.apply(&mut wasi).map_err(SandboxError::Policy)?;
+        let mut store = Store::new(
+            &self.engine,
+            GuestState::new(wasi.build(), log, events, limits),
+        );
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut context| {
+            let state = context.data_mut();
+            if let Some(abort) = state.clock.expired(Instant::now()) {
+                state.interrupted = Some(abort);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // Let other tasks on this runtime thread make progress.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        Ok(store)
+    }
+}
+
+/// Calls `run` and turns every way it can end into an outcome.
+async fn call_run(
+    store: &mut Store<GuestState>,
+    task: &Task,
+    invocation: &Invocation,
+) -> Result<Outcome, SandboxError> {
+    let called = task
+        .call_run(
+            &mut *store,
+            &invocation.request,
+            &invocation.args_json,
+            &invocation.kwargs_json,
+        )
+        .await;
+    Ok(match called {
+        Ok(Ok(result)) if result.len() > invocation.limits.max_result_bytes => {
+            Outcome::Aborted(Abort::ResultTooLarge {
+                size: result.len(),
+                limit: invocation.limits.max_result_bytes,
+            })
+        }
+        Ok(Ok(result)) => Outcome::Returned(result),
+        Ok(Err(task_error)) => Outcome::Errored(task_error),
+        Err(err) => Outcome::Aborted(classify_failure(store.data(), err)?),
+    })
+}
+
+/// Names a failed instantiation or call: one of the guest's limits, a trap, or (`Err`) a
+/// failure of the host.
+fn classify_failure(state: &GuestState, err: wasmtime::Error) -> Result<Abort, SandboxError> {
+    if let Some(abort) = &state.interrupted {
+        return Ok(abort.clone());
+    }
+    if state.memory.denied {
+        return Ok(Abort::MemoryLimit {
+            limit_bytes: state.memory.limit_bytes(),
+        });
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => Ok(Abort::StackOverflow),
+        Some(trap) => Ok(Abort::Trap(trap.to_string())),
+        None => Err(SandboxError::Instantiate(err)),
+    }
+}

@@ -1,0 +1,155 @@
+//! Loading a tasks directory: validation, duplicate names, the compile cache, policies.
+
+use std::path::Path;
+
+use celeriac::registry::{CompileCache, LoadError, Registry};
+use celeriac::sandbox::Isolation;
+
+use crate::support::guests;
+use crate::support::harness::sandbox;
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(name), bytes).expect("temp dir is writable");
+}
+
+#[tokio::test]
+async fn every_component_of_the_directory_is_loaded_with_its_names() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "a.wasm",
+        &guests::guest_component(&["a.one", "a.two"], "", "1"),
+    );
+    write(dir.path(), "b.wasm", &guests::ok_guest("b.one", "2"));
+    write(dir.path(), "notes.txt", b"not a component");
+    let registry = Registry::load_dir(&sandbox(), dir.path(), None)
+        .await
+        .unwrap();
+    assert_eq!(registry.task_names(), ["a.one", "a.two", "b.one"]);
+    let component = registry.resolve("a.two").unwrap();
+    assert_eq!(component.path, dir.path().join("a.wasm"));
+    assert!(component.digest.starts_with("sha256:") && component.digest.len() == 7 + 64);
+    assert!(registry.resolve("c.missing").is_none());
+}
+
+#[tokio::test]
+async fn a_name_served_twice_is_an_error_naming_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "first.wasm",
+        &guests::ok_guest("tasks.add", "1"),
+    );
+    write(
+        dir.path(),
+        "second.wasm",
+        &guests::ok_guest("tasks.add", "2"),
+    );
+    let err = Registry::load_dir(&sandbox(), dir.path(), None)
+        .await
+        .err()
+        .expect("duplicate refused");
+    assert!(
+        matches!(&err, LoadError::Duplicate { name, .. } if name == "tasks.add"),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("first.wasm") && message.contains("second.wasm"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_component_missing_an_export_is_refused_with_the_file_and_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "broken.wasm",
+        &guests::missing_export_component(),
+    );
+    let err = Registry::load_dir(&sandbox(), dir.path(), None)
+        .await
+        .err()
+        .expect("refused");
+    let message = err.to_string();
+    assert!(message.contains("broken.wasm"), "{message}");
+    assert!(
+        message.contains("celeriac:task/task@0.1.0") && message.contains("run"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_component_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "junk.wasm", b"\0asm garbage");
+    let err = Registry::load_dir(&sandbox(), dir.path(), None)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, LoadError::Component { path, .. } if path.ends_with("junk.wasm")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn compiled_components_come_from_the_cache_on_the_second_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.wasm", &guests::ok_guest("a.one", "1"));
+    let cache = CompileCache::new(cache_dir.path());
+    let sandbox = sandbox();
+    let first = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
+        .await
+        .unwrap();
+    let second = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
+        .await
+        .unwrap();
+    assert!(!first.components()[0].load.from_cache);
+    assert!(second.components()[0].load.from_cache);
+    assert_eq!(first.components()[0].digest, second.components()[0].digest);
+    let artifacts: Vec<_> = std::fs::read_dir(cache_dir.path()).unwrap().collect();
+    assert_eq!(artifacts.len(), 1, "one artifact per component");
+}
+
+#[tokio::test]
+async fn a_corrupt_cache_entry_is_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.wasm", &guests::ok_guest("a.one", "1"));
+    let cache = CompileCache::new(cache_dir.path());
+    let sandbox = sandbox();
+    Registry::load_dir(&sandbox, dir.path(), Some(&cache))
+        .await
+        .unwrap();
+    for artifact in std::fs::read_dir(cache_dir.path()).unwrap() {
+        std::fs::write(artifact.unwrap().path(), b"corrupt").unwrap();
+    }
+    let reloaded = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
+        .await
+        .unwrap();
+    assert!(!reloaded.components()[0].load.from_cache);
+    assert_eq!(reloaded.task_names(), ["a.one"]);
+}
+
+#[tokio::test]
+async fn the_policy_beside_a_component_sets_its_isolation() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.wasm", &guests::ok_guest("a.one", "1"));
+    write(
+        dir.path(),
+        "a.toml",
+        b"isolation = \"reuse\"\nmax_tasks_per_instance = 7\n",
+    );
+    let registry = Registry::load_dir(&sandbox(), dir.path(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.resolve("a.one").unwrap().prepared.isolation(),
+        Isolation::Reuse {
+            max_tasks_per_instance: 7
+        }
+    );
+}

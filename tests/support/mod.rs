@@ -1,0 +1,5 @@
+//! Support code shared by the integration-test targets (`#[path = "../support/mod.rs"] mod support;`).
+#![allow(dead_code)]
+
+pub mod guests;
+pub mod harness;

@@ -8,5 +8,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 scripts/ensure-services.sh
-cargo build --release --locked -p celeriac
+scripts/build-examples.sh
+python3 -m unittest discover guest-sdk/python/tests
 cargo test --release --locked --workspace

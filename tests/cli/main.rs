@@ -1,1 +1,8 @@
-//! placeholder until the CLI tests land
+//! The `celeriac` binary: every example task, in Python and in Rust, through `celeriac run`,
+//! plus the filesystem policy.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod examples;
+mod policy;

@@ -506,7 +506,9 @@ fn classify(func: &ItemFn) -> syn::Result<Vec<(ParamKind, Span)>> {
 
 /// How the function's return value becomes the task's outcome.
 enum Returns {
-    /// `-> T` (including `()`): the value is the result.
+    /// No return type: the result is `null`, as Python's `None`.
+    Unit,
+    /// `-> T`: the value is the result.
     Value,
     /// `-> Result<T, E>` / `TaskResult<T>`: `Err` converts into `TaskError`.
     Result,
@@ -516,7 +518,7 @@ enum Returns {
 
 fn returns(func: &ItemFn) -> Returns {
     match &func.sig.output {
-        ReturnType::Default => Returns::Value,
+        ReturnType::Default => Returns::Unit,
         ReturnType::Type(_, ty) => match &**ty {
             Type::Never(_) => Returns::Never,
             ty if last_segment(ty)
@@ -539,6 +541,12 @@ fn expand_task(attr: TokenStream2, func: &ItemFn) -> syn::Result<TokenStream2> {
         return Err(syn::Error::new(
             sig.generics.span(),
             "tasks cannot be generic",
+        ));
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        return Err(syn::Error::new(
+            unsafety.span(),
+            "tasks cannot be unsafe fns: the worker calls them with any input",
         ));
     }
     if let Some(variadic) = &sig.variadic {
@@ -588,6 +596,10 @@ fn expand_task(attr: TokenStream2, func: &ItemFn) -> syn::Result<TokenStream2> {
         ReturnType::Type(_, ty) => ty.span(),
     };
     let finish = match returns(func) {
+        Returns::Unit => quote! {
+            #call;
+            ::celeriac_guest::__private::to_json(&())
+        },
         Returns::Value => quote_spanned! {ret_span=>
             let __celeriac_ret = #call;
             ::celeriac_guest::__private::to_json(&__celeriac_ret)
@@ -607,7 +619,7 @@ fn expand_task(attr: TokenStream2, func: &ItemFn) -> syn::Result<TokenStream2> {
     let spec = spec_ident(ident);
     let options = options_tokens(&opts);
     let doc = format!(
-        "The celeriac task descriptor of [`{func_name}`] (`{task_name}`), for `export_tasks!`."
+        "The celeriac task descriptor of `{func_name}` (`{task_name}`), for `export_tasks!`."
     );
     Ok(quote! {
         #func
@@ -623,7 +635,7 @@ fn expand_task(attr: TokenStream2, func: &ItemFn) -> syn::Result<TokenStream2> {
             var_kwargs: #var_kwargs,
             options: #options,
             call: {
-                #[allow(unused_variables, unused_mut, clippy::unnecessary_wraps)]
+                #[allow(unused_variables, unused_mut, clippy::unnecessary_wraps, clippy::let_unit_value)]
                 fn __celeriac_call(
                     __celeriac_task: &::celeriac_guest::Task,
                     __celeriac_bound: &mut ::celeriac_guest::__private::Bound,
@@ -816,6 +828,7 @@ mod tests {
     fn unsupported_signatures_are_refused() {
         let err = |item: &str| expand("", item).expect_err("should be refused").to_string();
         assert_eq!(err("async fn f() {}"), "tasks cannot be async");
+        assert!(err("unsafe fn f() {}").starts_with("tasks cannot be unsafe"));
         assert_eq!(err("fn f<T>(x: T) {}"), "tasks cannot be generic");
         assert_eq!(
             err("fn f(x: u8, t: &Task) {}"),

@@ -138,8 +138,8 @@ pub enum TaskError {
     Raised(Exception),
     /// `raise Retry(...)`: the message is republished and RETRY is stored. Constructing this
     /// directly skips the `max_retries` check; [`Task::retry_with`](crate::Task::retry_with)
-    /// applies it.
-    Retry(RetryOptions),
+    /// applies it. Boxed to keep `Result<T, TaskError>` small.
+    Retry(Box<RetryOptions>),
     /// `raise Reject(reason, requeue)`: the message is rejected, and requeued if asked.
     Reject {
         /// Put the message back on its queue.
@@ -196,7 +196,7 @@ impl TaskError {
     /// A plain retry (`raise Retry(...)`), without the `max_retries` check that
     /// [`Task::retry_with`](crate::Task::retry_with) makes.
     pub fn retry(options: RetryOptions) -> Self {
-        TaskError::Retry(options)
+        TaskError::Retry(Box::new(options))
     }
 
     /// `raise Reject(reason, requeue=requeue)`.

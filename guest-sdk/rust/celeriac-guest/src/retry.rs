@@ -43,7 +43,7 @@ pub(crate) fn decide(ctx: &RetryContext<'_>, retry: RetryOptions) -> TaskError {
     // Celery computes retries = request.retries + 1 and fails when that exceeds max.
     let exhausted = max.is_some_and(|max| ctx.retries >= max);
     if !exhausted {
-        return TaskError::Retry(retry);
+        return TaskError::retry(retry);
     }
     match retry.exc {
         Some(exc) => TaskError::Raised(exc),
@@ -194,7 +194,7 @@ mod tests {
         );
         assert_eq!(
             decide(&ctx(0, &opts), retry.clone()),
-            TaskError::Retry(retry)
+            TaskError::retry(retry)
         );
     }
 

@@ -3,14 +3,16 @@
 
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 /// Engine settings, fixed for the life of a worker (compiled artifacts depend on them).
 ///
 /// # Defaults
 ///
 /// * pooling allocator with room for 1,000 concurrent instances (wasmtime's default);
-/// * `keep_resident_bytes`: 0 (memory of a finished instance is returned with `madvise`);
+/// * `keep_resident_bytes`: 16 MiB of each linear memory stay resident between instances;
 /// * epoch tick: 5 ms, the granularity of time limits and of yielding to other tasks.
 ///
 /// # Epochs, not fuel
@@ -23,9 +25,11 @@ use wasmtime::{Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAl
 pub struct EngineOptions {
     /// Concurrent component instances the pool has room for.
     pub max_instances: u32,
-    /// Bytes of each linear memory kept resident (reset with `memset` instead of
-    /// `madvise`) when a pool slot is reused. Saves page faults for big guests such as
-    /// Python, at the cost of resident memory per idle slot.
+    /// Bytes of each linear memory kept resident when a pool slot is reused: the pages a
+    /// task dirtied are reset by copying from the component's image instead of being
+    /// returned to the kernel with `madvise`. Measured here, it halves the per-task cost of
+    /// small guests (Rust 30 → 12.5 µs); the price is up to this much resident memory per
+    /// pool slot that has been used (only pages a task touched count). 0 turns it off.
     pub keep_resident_bytes: usize,
     /// How often the epoch advances.
     pub epoch_tick: Duration,
@@ -35,7 +39,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             max_instances: 1000,
-            keep_resident_bytes: 0,
+            keep_resident_bytes: 16 << 20,
             epoch_tick: Duration::from_millis(5),
         }
     }
@@ -46,7 +50,10 @@ pub(crate) fn build_engine(options: &EngineOptions) -> wasmtime::Result<Engine> 
     pooling
         .total_component_instances(options.max_instances)
         .linear_memory_keep_resident(options.keep_resident_bytes)
-        .table_keep_resident(options.keep_resident_bytes);
+        .table_keep_resident(options.keep_resident_bytes)
+        // With PAGEMAP_SCAN (Linux 6.7+) only the pages a task dirtied are copied back from
+        // the image, and they stay resident: no madvise, no TLB shootdown, no refault.
+        .pagemap_scan(Enabled::Auto);
     let mut config = Config::new();
     config
         .wasm_component_model(true)

@@ -48,9 +48,11 @@ pub fn init(opts: &LogOpts) {
     let level = opts.loglevel.unwrap_or(Level::WARN);
     let filter =
         EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level.as_str()));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     match opts.log_format.unwrap_or_default() {
         LogFormat::Celery => builder.event_format(CeleryFormat).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -82,3 +82,101 @@ pub struct LimitOpts {
     #[arg(long, value_name = "MB", env = "CELERIAC_MEMORY_LIMIT")]
     pub memory_limit: Option<usize>,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use clap::error::ErrorKind;
+
+    use super::Cli;
+
+    #[test]
+    fn valid_command_lines_parse() {
+        let valid: &[&[&str]] = &[
+            &["celeriac", "run", "tasks.add"],
+            &[
+                "celeriac",
+                "run",
+                "--tasks",
+                "dir",
+                "tasks.add",
+                "-a",
+                "[1, 2]",
+                "-k",
+                "{}",
+                "-v",
+            ],
+            &[
+                "celeriac",
+                "run",
+                "tasks.spin",
+                "--time-limit",
+                "1.5",
+                "--soft-time-limit",
+                "1",
+                "--memory-limit",
+                "64",
+            ],
+            &["celeriac", "-l", "info", "run", "tasks.add", "--no-cache"],
+            &[
+                "celeriac",
+                "run",
+                "tasks.add",
+                "--loglevel",
+                "DEBUG",
+                "--log-format",
+                "json",
+            ],
+            &[
+                "celeriac",
+                "build",
+                "tasks.py",
+                "-o",
+                "tasks.wasm",
+                "-p",
+                "deps",
+                "-p",
+                "more",
+            ],
+        ];
+        for argv in valid {
+            if let Err(err) = Cli::try_parse_from(*argv) {
+                panic!("{argv:?} should parse: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_command_lines_fail_with_the_right_kind() {
+        let invalid: &[(&[&str], ErrorKind)] = &[
+            (
+                &["celeriac"],
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand,
+            ),
+            (&["celeriac", "run"], ErrorKind::MissingRequiredArgument),
+            (
+                &["celeriac", "run", "x", "--time-limit", "soon"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["celeriac", "run", "x", "--memory-limit", "-5"],
+                ErrorKind::UnknownArgument,
+            ),
+            (
+                &["celeriac", "-l", "loud", "run", "x"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["celeriac", "build", "tasks.py"],
+                ErrorKind::MissingRequiredArgument,
+            ),
+            (&["celeriac", "worker-please"], ErrorKind::InvalidSubcommand),
+        ];
+        for (argv, kind) in invalid {
+            match Cli::try_parse_from(*argv) {
+                Ok(_) => panic!("{argv:?} should not parse"),
+                Err(err) => assert_eq!(err.kind(), *kind, "{argv:?}: {err}"),
+            }
+        }
+    }
+}

@@ -166,10 +166,8 @@ fn parse_json(text: &str, flag: &str) -> anyhow::Result<Value> {
 
 fn report_failure(exception: &CeleryException, verbose: bool) -> i32 {
     eprintln!("{}", exception.summary());
-    if verbose {
-        if let Some(traceback) = &exception.traceback {
-            eprintln!("{traceback}");
-        }
+    if verbose && let Some(traceback) = &exception.traceback {
+        eprintln!("{traceback}");
     }
     exit::TASK_FAILED
 }

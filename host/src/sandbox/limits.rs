@@ -89,14 +89,14 @@ impl SandboxLimits {
         if self.memory_bytes == 0 {
             return Err("memory_limit must be above zero".into());
         }
-        if let (Some(soft), Some(hard)) = (self.soft_time_limit, self.time_limit) {
-            if soft >= hard {
-                return Err(format!(
-                    "soft_time_limit ({}s) must be below time_limit ({}s)",
-                    soft.as_secs_f64(),
-                    hard.as_secs_f64()
-                ));
-            }
+        if let (Some(soft), Some(hard)) = (self.soft_time_limit, self.time_limit)
+            && soft >= hard
+        {
+            return Err(format!(
+                "soft_time_limit ({}s) must be below time_limit ({}s)",
+                soft.as_secs_f64(),
+                hard.as_secs_f64()
+            ));
         }
         for (name, limit) in [
             ("time_limit", self.time_limit),

@@ -20,7 +20,7 @@ use syn::{
 
 /// Marks a plain function as a Celery task.
 ///
-/// ```ignore
+/// ```text
 /// #[celeriac_guest::task(name = "tasks.add", max_retries = 5, autoretry_for = ["ConnectionError"])]
 /// fn add(x: i64, y: i64) -> i64 { x + y }
 /// ```
@@ -85,7 +85,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Exports the listed `#[task]` functions as the component's `tasks` and `run`.
 ///
-/// ```ignore
+/// ```text
 /// celeriac_guest::export_tasks!(add, mul, reports::monthly);
 /// ```
 ///

@@ -26,6 +26,13 @@ async fn run_guest(
     )
 }
 
+/// Runs a guest with no arguments and the default limits.
+async fn run_plain(
+    component: &[u8],
+) -> (Outcome, std::sync::Arc<crate::support::harness::Recorder>) {
+    run_guest(component, "[]", "{}", SandboxLimits::new()).await
+}
+
 #[tokio::test]
 async fn arguments_reach_the_guest_verbatim() {
     let args = r#"[1, "ünïcode", {"__type__": "uuid", "__value__": {"hex": "00"}}]"#;
@@ -56,12 +63,12 @@ async fn arguments_reach_the_guest_verbatim() {
 
 #[tokio::test]
 async fn raised_exception_keeps_type_module_and_args() {
-    let (outcome, _) = run_guest(
-        &guests::raising_guest("t", "ValueError", "builtins", "bad input"),
-        "[]",
-        "{}",
-        SandboxLimits::new(),
-    )
+    let (outcome, _) = run_plain(&guests::raising_guest(
+        "t",
+        "ValueError",
+        "builtins",
+        "bad input",
+    ))
     .await;
     let Outcome::Errored(TaskError::Raised(exception)) = outcome else {
         panic!("{outcome:?}")
@@ -74,25 +81,13 @@ async fn raised_exception_keeps_type_module_and_args() {
 
 #[tokio::test]
 async fn retry_reject_and_ignore_are_outcomes() {
-    let (outcome, _) = run_guest(
-        &guests::retrying_guest("t", Some(2.5), Some(4)),
-        "[]",
-        "{}",
-        SandboxLimits::new(),
-    )
-    .await;
+    let (outcome, _) = run_plain(&guests::retrying_guest("t", Some(2.5), Some(4))).await;
     let Outcome::Errored(TaskError::Retry(retry)) = outcome else {
         panic!("{outcome:?}")
     };
     assert_eq!((retry.countdown, retry.max_retries), (Some(2.5), Some(4)));
 
-    let (outcome, _) = run_guest(
-        &guests::rejecting_guest("t", Some("poison"), true),
-        "[]",
-        "{}",
-        SandboxLimits::new(),
-    )
-    .await;
+    let (outcome, _) = run_plain(&guests::rejecting_guest("t", Some("poison"), true)).await;
     let Outcome::Errored(TaskError::Reject(reject)) = outcome else {
         panic!("{outcome:?}")
     };
@@ -101,13 +96,7 @@ async fn retry_reject_and_ignore_are_outcomes() {
         (Some("poison"), true)
     );
 
-    let (outcome, _) = run_guest(
-        &guests::ignoring_guest("t"),
-        "[]",
-        "{}",
-        SandboxLimits::new(),
-    )
-    .await;
+    let (outcome, _) = run_plain(&guests::ignoring_guest("t")).await;
     assert!(
         matches!(outcome, Outcome::Errored(TaskError::Ignore)),
         "{outcome:?}"
@@ -116,13 +105,7 @@ async fn retry_reject_and_ignore_are_outcomes() {
 
 #[tokio::test]
 async fn log_and_update_state_reach_the_task_events() {
-    let (outcome, recorder) = run_guest(
-        &guests::logging_guest("t", "hello from the guest"),
-        "[]",
-        "{}",
-        SandboxLimits::new(),
-    )
-    .await;
+    let (outcome, recorder) = run_plain(&guests::logging_guest("t", "hello from the guest")).await;
     assert!(
         matches!(&outcome, Outcome::Returned(r) if r == "null"),
         "{outcome:?}"
@@ -139,13 +122,7 @@ async fn log_and_update_state_reach_the_task_events() {
 
 #[tokio::test]
 async fn time_left_counts_down_from_the_soft_limit() {
-    let (outcome, _) = run_guest(
-        &guests::time_left_guest("t"),
-        "[]",
-        "{}",
-        SandboxLimits::new(),
-    )
-    .await;
+    let (outcome, _) = run_plain(&guests::time_left_guest("t")).await;
     assert!(
         matches!(&outcome, Outcome::Returned(r) if r == "null"),
         "no limit means none: {outcome:?}"

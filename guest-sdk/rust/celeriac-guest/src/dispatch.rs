@@ -151,34 +151,10 @@ fn install_panic_hook() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::__private::sample_request;
     use crate::args::Param;
     use crate::options::StaticOptions;
     use serde_json::json;
-
-    fn request(task: &str, retries: u32) -> wit::Request {
-        wit::Request {
-            id: "T-1".to_owned(),
-            task: task.to_owned(),
-            retries,
-            root_id: None,
-            parent_id: None,
-            group: None,
-            group_index: None,
-            eta: None,
-            expires: None,
-            hostname: "celery@test".to_owned(),
-            origin: None,
-            correlation_id: None,
-            reply_to: None,
-            delivery_info: wit::DeliveryInfo {
-                exchange: String::new(),
-                routing_key: "celery".to_owned(),
-                priority: None,
-                redelivered: false,
-            },
-            is_eager: false,
-        }
-    }
 
     /// What `#[task(name = "t.add")] fn add(x: i64, y: i64) -> i64` generates, by hand.
     static ADD: TaskSpec = TaskSpec {
@@ -230,7 +206,7 @@ mod tests {
         kwargs: &str,
     ) -> Result<String, TaskError> {
         let task = Task::new(
-            request(spec.name, retries),
+            sample_request(spec.name, retries),
             spec,
             args.to_owned(),
             kwargs.to_owned(),
@@ -278,9 +254,12 @@ mod tests {
 
     #[test]
     fn unknown_task_is_not_registered() {
-        let Err(wit::TaskError::Raised(exc)) =
-            run(&[&ADD], request("t.nope", 0), "[]".into(), "{}".into())
-        else {
+        let Err(wit::TaskError::Raised(exc)) = run(
+            &[&ADD],
+            sample_request("t.nope", 0),
+            "[]".into(),
+            "{}".into(),
+        ) else {
             panic!("an unknown name must raise");
         };
         assert_eq!(

@@ -117,4 +117,30 @@ pub mod __private {
     pub use crate::bindings::celeriac::task::types as wit;
     pub use crate::dispatch::{names_unique, run, tasks, to_json};
     pub use crate::options::{StaticOptions, TaskSpec};
+
+    /// A request as a worker would send it, for the SDK's own tests.
+    pub fn sample_request(task: &str, retries: u32) -> wit::Request {
+        wit::Request {
+            id: "T-1".to_owned(),
+            task: task.to_owned(),
+            retries,
+            root_id: None,
+            parent_id: None,
+            group: None,
+            group_index: None,
+            eta: None,
+            expires: None,
+            hostname: "celery@test".to_owned(),
+            origin: None,
+            correlation_id: None,
+            reply_to: None,
+            delivery_info: wit::DeliveryInfo {
+                exchange: String::new(),
+                routing_key: "celery".to_owned(),
+                priority: None,
+                redelivered: false,
+            },
+            is_eager: false,
+        }
+    }
 }

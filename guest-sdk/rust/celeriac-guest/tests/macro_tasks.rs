@@ -3,7 +3,7 @@
 //! component export uses. (Host imports — log, update_state — exist only on wasm32 and are
 //! not called here.)
 
-use celeriac_guest::__private::{TaskSpec, run, tasks, wit};
+use celeriac_guest::__private::{TaskSpec, run, sample_request, tasks, wit};
 use celeriac_guest::serde_json::{Value, json};
 use celeriac_guest::{Args, Kwargs, RetryOptions, Task, TaskError, TaskResult, task};
 
@@ -69,37 +69,12 @@ const SPECS: &[&TaskSpec] = &[
     &__celeriac_task_io,
 ];
 
-fn request(task: &str, retries: u32) -> wit::Request {
-    wit::Request {
-        id: "T-42".to_owned(),
-        task: task.to_owned(),
-        retries,
-        root_id: None,
-        parent_id: None,
-        group: None,
-        group_index: None,
-        eta: None,
-        expires: None,
-        hostname: "celery@test".to_owned(),
-        origin: None,
-        correlation_id: None,
-        reply_to: None,
-        delivery_info: wit::DeliveryInfo {
-            exchange: String::new(),
-            routing_key: "celery".to_owned(),
-            priority: None,
-            redelivered: false,
-        },
-        is_eager: false,
-    }
-}
-
 // The error type is wit-bindgen's, as in the real export.
 #[allow(clippy::result_large_err)]
 fn call(task: &str, retries: u32, args: &str, kwargs: &str) -> Result<String, wit::TaskError> {
     run(
         SPECS,
-        request(task, retries),
+        sample_request(task, retries),
         args.to_owned(),
         kwargs.to_owned(),
     )
@@ -190,7 +165,7 @@ fn bound_task_retries_until_max_retries_then_fails() {
     assert_eq!(exc.exc_type, "MaxRetriesExceededError");
     assert_eq!(
         exc.message,
-        "Can't retry t.countdown[T-42] args:(5,) kwargs:{}"
+        "Can't retry t.countdown[T-1] args:(5,) kwargs:{}"
     );
     assert_eq!(call("t.countdown", 2, "[2]", "{}"), Ok("2".to_owned()));
 }

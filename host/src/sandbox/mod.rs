@@ -36,6 +36,10 @@ use guest_state::GuestState;
 use output::{GuestOutput, Stream, TaskLog};
 use reuse::WarmInstances;
 
+/// How long a component's `tasks` export may run when it loads; a component that takes
+/// longer is refused rather than holding up the worker's start.
+const DESCRIBE_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Errors of the host side of the sandbox. A guest misbehaving is never one of these.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -180,7 +184,7 @@ impl Sandbox {
         prepared: &Prepared,
         events: Arc<dyn TaskEvents>,
     ) -> Result<Vec<TaskInfo>, SandboxError> {
-        let limits = SandboxLimits::new().time_limit(Some(std::time::Duration::from_secs(30)));
+        let limits = SandboxLimits::new().time_limit(Some(DESCRIBE_TIME_LIMIT));
         let mut store = self.new_store(&prepared.policy, events, &limits)?;
         let task = match prepared.pre.instantiate_async(&mut store).await {
             Ok(task) => task,

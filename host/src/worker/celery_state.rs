@@ -152,11 +152,6 @@ pub fn task_state(outcome: &Outcome) -> TaskState {
     }
 }
 
-impl From<&Exception> for CeleryException {
-    fn from(exception: &Exception) -> Self {
-        CeleryException::from_guest(exception)
-    }
-}
 
 #[cfg(test)]
 mod tests {

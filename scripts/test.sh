@@ -2,12 +2,21 @@
 # The project's test command (README "Running the tests"; `.ci/run` calls it). On a fresh
 # machine it installs what is missing, builds the worker and the example components, and
 # runs every test in release mode (one target dir, so the worker binary and the tests share
-# one build of wasmtime).
+# one build of wasmtime). It ends with one line totalling every suite.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 scripts/ensure-services.sh
 scripts/build-examples.sh
-python3 -m unittest discover guest-sdk/python/tests
-cargo test --release --locked --workspace
+
+log="target/test-output.log"
+python3 -m unittest discover guest-sdk/python/tests 2>&1 | tee "$log"
+cargo test --release --locked --workspace 2>&1 | tee -a "$log"
+
+# Totals: cargo's "test result: ok. N passed; M failed" lines and unittest's "Ran N tests".
+awk '
+    /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+    /^Ran [0-9]+ tests? in/ { p += $2 }
+    END { printf "totals: %d passed, %d failed\n", p, f }
+' "$log"

@@ -8,6 +8,17 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 scripts/ensure-services.sh
+
+# protocol/ is pure: no I/O crates and no other celeriac module (style guide, item 4).
+# Test modules (after #[cfg(test)]) and comments may mention them.
+impure=$(for file in host/src/protocol/*.rs; do
+    awk '/^#\[cfg\(test\)\]/ { exit } !/^[[:space:]]*\/\// { print FILENAME ":" FNR ": " $0 }' "$file"
+done | grep -E '\b(tokio|redis|lapin|std::(fs|net))\b|crate::(sandbox|registry|worker|broker|backend|control)' || true)
+if [ -n "$impure" ]; then
+    printf 'test.sh: host/src/protocol must stay pure:\n%s\n' "$impure" >&2
+    exit 1
+fi
+
 scripts/build-examples.sh
 
 log="target/test-output.log"

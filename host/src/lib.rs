@@ -4,6 +4,8 @@
 //!
 //! Modules in dependency order; each uses only those above it.
 //!
+//! * [`protocol`]: Celery task messages on the wire: decode, encode, serializers,
+//!   compression. Pure: no I/O, no other celeriac module.
 //! * [`sandbox`]: runs one task invocation in a fresh, limited wasmtime instance and reports
 //!   an outcome. Knows nothing of brokers.
 //! * [`registry`]: task name → component; loads a tasks directory, validates components,
@@ -14,6 +16,7 @@
 //! The `celeriac` binary (`src/main.rs`, `src/cli/`) is the command line on top.
 #![deny(missing_docs)]
 
+pub mod protocol;
 pub mod registry;
 pub mod sandbox;
 pub mod worker;

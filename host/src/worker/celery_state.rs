@@ -152,7 +152,6 @@ pub fn task_state(outcome: &Outcome) -> TaskState {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -6,6 +6,8 @@
 //!
 //! * [`protocol`]: Celery task messages on the wire: decode, encode, serializers,
 //!   compression. Pure: no I/O, no other celeriac module.
+//! * [`broker`]: the `Broker` trait and its transports (kombu's Redis transport on the wire).
+//! * [`backend`]: the `ResultBackend` trait and Celery's Redis result backend.
 //! * [`sandbox`]: runs one task invocation in a fresh, limited wasmtime instance and reports
 //!   an outcome. Knows nothing of brokers.
 //! * [`registry`]: task name → component; loads a tasks directory, validates components,
@@ -16,6 +18,8 @@
 //! The `celeriac` binary (`src/main.rs`, `src/cli/`) is the command line on top.
 #![deny(missing_docs)]
 
+pub mod backend;
+pub mod broker;
 pub mod protocol;
 pub mod registry;
 pub mod sandbox;

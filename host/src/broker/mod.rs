@@ -1,0 +1,1 @@
+//! Broker transports (being written).

@@ -1,0 +1,1 @@
+//! Result backends against real servers (being written).

@@ -1,0 +1,1 @@
+//! Broker transports against real servers (being written).

@@ -8,6 +8,11 @@ use celeriac::sandbox::{Abort, Outcome, Sandbox, SandboxLimits};
 use crate::support::guests;
 use crate::support::harness::{invocation, prepare, sandbox};
 
+/// Tests that spin guests until a time limit take this lock, so on a small machine one
+/// test's spinners cannot delay another test's measured deadline.
+static SPINNING: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Runs `component` under `limits` and returns the outcome and how long it took.
 async fn run(sandbox: &Sandbox, component: &[u8], limits: SandboxLimits) -> (Outcome, Duration) {
     let prepared = prepare(sandbox, component);
@@ -36,6 +41,7 @@ async fn assert_still_serving(sandbox: &Sandbox) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn infinite_loop_hits_hard_time_limit_within_100ms() {
+    let _serial = SPINNING.lock().await;
     let sandbox = sandbox();
     let limit = Duration::from_millis(300);
     let (outcome, took) = run(
@@ -58,6 +64,7 @@ async fn infinite_loop_hits_hard_time_limit_within_100ms() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn infinite_loop_hits_soft_time_limit_first() {
+    let _serial = SPINNING.lock().await;
     let sandbox = sandbox();
     let limits = SandboxLimits::new()
         .soft_time_limit(Some(Duration::from_millis(100)))
@@ -174,6 +181,7 @@ async fn arguments_over_the_cap_never_start_the_guest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn spinning_guests_do_not_block_other_tasks() {
+    let _serial = SPINNING.lock().await;
     // Two runtime threads, four guests spinning until their limit: a well-behaved task
     // started after them must still finish first, because spinning guests yield every tick.
     let sandbox = sandbox();

@@ -8,6 +8,7 @@
 //!   compression. Pure: no I/O, no other celeriac module.
 //! * [`broker`]: the `Broker` trait and its transports (kombu's Redis transport on the wire).
 //! * [`backend`]: the `ResultBackend` trait and Celery's Redis result backend.
+//! * [`url`]: broker and backend URL helpers shared by the transports.
 //! * [`sandbox`]: runs one task invocation in a fresh, limited wasmtime instance and reports
 //!   an outcome. Knows nothing of brokers.
 //! * [`registry`]: task name → component; loads a tasks directory, validates components,
@@ -23,4 +24,5 @@ pub mod broker;
 pub mod protocol;
 pub mod registry;
 pub mod sandbox;
+pub mod url;
 pub mod worker;

@@ -1,1 +1,5 @@
-//! Broker transports against real servers (being written).
+//! Broker transports against real servers: one conformance suite per transport
+//! (`conformance.rs`, instantiated by `broker_suite!`), plus Redis wire details (`redis.rs`).
+
+mod conformance;
+mod redis;

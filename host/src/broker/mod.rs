@@ -1,1 +1,397 @@
-//! Broker transports (being written).
+//! Broker transports: fetching task messages from queues, acking and rejecting them, and
+//! publishing new ones, behind one small [`Broker`] trait.
+//!
+//! `broker` owns the transport framing (kombu's Redis envelope, later AMQP) and the
+//! behaviour shared by every transport: prefetch accounting, cancel-safe fetching and
+//! queue fan-in order, all in [`Consumer`]. It does not parse task messages (that is
+//! [`crate::protocol`], fed through [`Delivery::raw`]) and does not decide what to ack or
+//! when (that is the worker).
+//!
+//! * [`redis`]: kombu's Redis transport, wire-compatible with Python Celery workers.
+
+pub mod redis;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::protocol::{EncodedMessage, RawMessage};
+
+pub use self::redis::{RedisBroker, RedisOptions};
+
+/// What went wrong talking to a broker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The broker URL could not be used.
+    #[error("invalid {transport} broker URL {url}: {reason}")]
+    InvalidUrl {
+        /// The transport that refused it.
+        transport: &'static str,
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A Redis command failed.
+    #[error("redis {op} on {key:?} failed: {source}")]
+    Redis {
+        /// The operation (`BRPOP`, `ack`, `restore`, ...).
+        op: &'static str,
+        /// The key, queue or delivery tag the operation was about.
+        key: String,
+        /// The client's error.
+        #[source]
+        source: ::redis::RedisError,
+    },
+    /// A message popped from a queue is not a kombu envelope. It has been removed from the
+    /// queue and is not tracked as unacked: there is no delivery tag to ack it by.
+    #[error("malformed envelope on queue {queue} (delivery tag {delivery_tag:?}): {reason}")]
+    MalformedEnvelope {
+        /// The queue it was popped from.
+        queue: String,
+        /// Its delivery tag, when it had one.
+        delivery_tag: Option<String>,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The transport cannot do this ([`Capabilities`] says so up front).
+    #[error("{op} is not supported by the {transport} transport")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+        /// The transport.
+        transport: &'static str,
+    },
+}
+
+impl BrokerError {
+    /// True when the connection (not this one operation) failed: the caller should
+    /// reconnect, and every unacked delivery will come back (kombu's
+    /// `connection_errors`). False means "this operation failed; carry on".
+    pub fn is_connection(&self) -> bool {
+        match self {
+            BrokerError::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_connection_dropped()
+                    || source.is_connection_refusal()
+                    || source.is_timeout()
+                    || source.is_unrecoverable_error()
+            }
+            BrokerError::InvalidUrl { .. }
+            | BrokerError::MalformedEnvelope { .. }
+            | BrokerError::Unsupported { .. } => false,
+        }
+    }
+}
+
+/// How a transport orders priorities, if it has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PriorityOrder {
+    /// Priorities are ignored.
+    Unsupported,
+    /// Lower numbers are delivered first (kombu's Redis transport: 0 is the highest).
+    LowerFirst,
+    /// Higher numbers are delivered first (RabbitMQ with `x-max-priority`).
+    HigherFirst,
+}
+
+/// What a transport can do, so the worker (and the conformance tests) can ask rather than
+/// find out by failing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The transport's name in messages (`redis`, `amqp`).
+    pub transport: &'static str,
+    /// Message priorities, and which way they sort.
+    pub priority: PriorityOrder,
+    /// Fanout (broadcast) exchanges.
+    pub fanout: bool,
+    /// Unacked messages return after this long even if the consumer's connection is
+    /// alive (Redis); `None` when they return only when the connection drops (AMQP).
+    pub visibility_timeout: Option<Duration>,
+    /// The broker can hold a message until a time (RabbitMQ delayed exchange).
+    pub delayed_delivery: bool,
+}
+
+/// `delivery_info`: where a message was published to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// The exchange, `""` for the default (anonymous) exchange.
+    pub exchange: String,
+    /// The routing key (the queue name on the default exchange).
+    pub routing_key: String,
+}
+
+/// The message properties of a delivery.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// The task id, for task messages.
+    pub correlation_id: Option<String>,
+    /// The queue replies go to (RPC backend, pidbox).
+    pub reply_to: Option<String>,
+    /// The message priority as published (0..=9 on Redis).
+    pub priority: Option<u8>,
+    /// The handle to [`Broker::ack`] or [`Broker::reject`] it by.
+    pub delivery_tag: String,
+    /// Where it was published to.
+    pub delivery_info: DeliveryInfo,
+}
+
+/// One message as a transport delivers it, framing removed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    /// The queue it came from.
+    pub queue: String,
+    /// The body, transport encoding (base64 on Redis) already removed; still compressed if
+    /// the `compression` header says so.
+    pub body: Vec<u8>,
+    /// e.g. `application/json`.
+    pub content_type: String,
+    /// e.g. `utf-8`.
+    pub content_encoding: String,
+    /// The message headers (Celery's task headers).
+    pub headers: Map<String, Value>,
+    /// The message properties.
+    pub properties: Properties,
+    /// The message was delivered before and not acked (restored or requeued).
+    pub redelivered: bool,
+}
+
+impl Delivery {
+    /// The delivery as [`crate::protocol::decode`] takes it.
+    pub fn raw(&self) -> RawMessage<'_> {
+        RawMessage {
+            body: &self.body,
+            content_type: &self.content_type,
+            content_encoding: &self.content_encoding,
+            headers: &self.headers,
+            correlation_id: self.properties.correlation_id.as_deref(),
+            reply_to: self.properties.reply_to.as_deref(),
+            priority: self.properties.priority,
+        }
+    }
+
+    /// The delivery tag, the handle for ack and reject.
+    pub fn delivery_tag(&self) -> &str {
+        &self.properties.delivery_tag
+    }
+}
+
+/// A message to publish: what goes into a transport's envelope.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outgoing {
+    /// The body, serialized (and compressed) but not transport-encoded.
+    pub body: Vec<u8>,
+    /// e.g. `application/json`.
+    pub content_type: String,
+    /// e.g. `utf-8`.
+    pub content_encoding: String,
+    /// The message headers.
+    pub headers: Map<String, Value>,
+    /// The task id, for task messages.
+    pub correlation_id: Option<String>,
+    /// The reply queue, if any.
+    pub reply_to: Option<String>,
+    /// The priority (clamped to 0..=9); `None` is 0.
+    pub priority: Option<u8>,
+}
+
+impl From<EncodedMessage> for Outgoing {
+    fn from(message: EncodedMessage) -> Self {
+        let EncodedMessage {
+            headers,
+            properties,
+            body,
+        } = message;
+        Outgoing {
+            body,
+            content_type: properties.content_type.to_owned(),
+            content_encoding: properties.content_encoding.to_owned(),
+            headers,
+            correlation_id: Some(properties.correlation_id),
+            reply_to: properties.reply_to,
+            priority: Some(properties.priority),
+        }
+    }
+}
+
+/// What differs between transports. Everything shared (prefetch, fan-in order,
+/// cancel-safety) is in [`Consumer`], which is what a worker uses to consume.
+pub trait Broker: Send + Sync + 'static {
+    /// What this transport supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Waits a short, transport-defined time (Redis: the BRPOP timeout) for one message
+    /// from `queues`, tried in the given order within each priority; `Ok(None)` if none
+    /// came. A returned delivery is unacked until [`Broker::ack`] or [`Broker::reject`].
+    fn fetch(
+        &self,
+        queues: &[String],
+    ) -> impl Future<Output = Result<Option<Delivery>, BrokerError>> + Send;
+
+    /// Acknowledges a delivery: it is done and never comes back. Acking an unknown tag is
+    /// not an error (it was acked or restored already).
+    fn ack(&self, delivery_tag: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Rejects a delivery: with `requeue` it goes back to the end of its queue, marked
+    /// redelivered; without, it is dropped.
+    fn reject(
+        &self,
+        delivery_tag: &str,
+        requeue: bool,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Publishes a message to `exchange` (`""`: the default exchange, where the routing
+    /// key is the queue name) with `routing_key`.
+    fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Outgoing,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+}
+
+/// A fetch in progress, kept across cancelled [`Consumer::next`] calls so a message the
+/// server already handed out is never dropped on the floor.
+type PendingFetch = JoinHandle<(
+    Result<Option<Delivery>, BrokerError>,
+    Option<OwnedSemaphorePermit>,
+)>;
+
+/// Consumes from a list of queues through a [`Broker`], holding at most `prefetch`
+/// unacked deliveries (kombu's virtual QoS `can_consume`) and rotating the queue order
+/// after each delivery (kombu's `round_robin` strategy).
+pub struct Consumer<B: Broker> {
+    /// The transport; shared with the spawned fetch task.
+    broker: Arc<B>,
+    /// The queues in their current fan-in order. std `Mutex`: held only to rotate or copy,
+    /// never across an `.await`.
+    queues: Mutex<Vec<String>>,
+    /// One permit per delivery that may be outstanding; `None` for no limit (prefetch 0).
+    prefetch: Option<Arc<Semaphore>>,
+    /// Delivery tags handed out and not yet settled, so each returns its permit once. std
+    /// `Mutex`: short critical sections, no `.await` inside.
+    in_flight: Mutex<HashSet<String>>,
+    /// The fetch in progress, if a `next()` was cancelled while it ran. tokio `Mutex`: held
+    /// across the fetch, which also makes concurrent `next()` calls take turns.
+    pending: tokio::sync::Mutex<Option<PendingFetch>>,
+}
+
+impl<B: Broker> Consumer<B> {
+    /// Consumes `queues` (first queue first within a priority) with at most `prefetch`
+    /// unacked deliveries; `prefetch` 0 means no limit, as in AMQP.
+    pub fn new(broker: Arc<B>, queues: Vec<String>, prefetch: u32) -> Self {
+        let prefetch = (prefetch > 0).then(|| Arc::new(Semaphore::new(prefetch as usize)));
+        Consumer {
+            broker,
+            queues: Mutex::new(queues),
+            prefetch,
+            in_flight: Mutex::new(HashSet::new()),
+            pending: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The transport.
+    pub fn broker(&self) -> &Arc<B> {
+        &self.broker
+    }
+
+    /// Waits for the next delivery, first for a free prefetch slot, then for a message.
+    /// Cancel-safe: a message fetched after the caller gave up is returned by the next call.
+    pub async fn next(&self) -> Result<Delivery, BrokerError> {
+        let mut pending = self.pending.lock().await;
+        loop {
+            let handle = match pending.as_mut() {
+                Some(handle) => handle,
+                None => {
+                    let permit = match &self.prefetch {
+                        Some(semaphore) => Some(
+                            Arc::clone(semaphore)
+                                .acquire_owned()
+                                .await
+                                .expect("the prefetch semaphore is never closed"),
+                        ),
+                        None => None,
+                    };
+                    let queues = self.fan_in_order();
+                    let broker = Arc::clone(&self.broker);
+                    pending.insert(tokio::spawn(async move {
+                        (broker.fetch(&queues).await, permit)
+                    }))
+                }
+            };
+            let joined = handle.await;
+            *pending = None;
+            let (result, permit) = match joined {
+                Ok(pair) => pair,
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => continue, // cancelled: only at runtime shutdown; fetch again
+            };
+            if let Some(delivery) = result? {
+                if let Some(permit) = permit {
+                    permit.forget();
+                }
+                self.lock_in_flight()
+                    .insert(delivery.delivery_tag().to_owned());
+                self.rotate_after(&delivery.queue);
+                return Ok(delivery);
+            }
+        }
+    }
+
+    /// Acks a delivery and frees its prefetch slot.
+    pub async fn ack(&self, delivery_tag: &str) -> Result<(), BrokerError> {
+        self.broker.ack(delivery_tag).await?;
+        self.settle(delivery_tag);
+        Ok(())
+    }
+
+    /// Rejects a delivery (see [`Broker::reject`]) and frees its prefetch slot.
+    pub async fn reject(&self, delivery_tag: &str, requeue: bool) -> Result<(), BrokerError> {
+        self.broker.reject(delivery_tag, requeue).await?;
+        self.settle(delivery_tag);
+        Ok(())
+    }
+
+    /// Delivery tags handed out and not yet acked or rejected.
+    pub fn in_flight(&self) -> Vec<String> {
+        self.lock_in_flight().iter().cloned().collect()
+    }
+
+    fn settle(&self, delivery_tag: &str) {
+        let removed = self.lock_in_flight().remove(delivery_tag);
+        if let (true, Some(semaphore)) = (removed, &self.prefetch) {
+            semaphore.add_permits(1);
+        }
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fan_in_order(&self) -> Vec<String> {
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Moves `queue` to the end, so the others are tried first next time.
+    fn rotate_after(&self, queue: &str) {
+        let mut queues = self
+            .queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(index) = queues.iter().position(|q| q == queue) {
+            let q = queues.remove(index);
+            queues.push(q);
+        }
+    }
+}

@@ -1,0 +1,694 @@
+//! An implementation of `Broker` for Redis.
+//!
+//! Wire-compatible with kombu's Redis transport (`kombu/transport/redis.py`), so Python
+//! Celery clients and workers can share queues with celeriac (spec §3).
+//!
+//! # Features
+//!
+//! * Type: virtual (kombu's emulated AMQP on lists)
+//! * Supports direct: yes (default exchange `""`, and named exchanges through
+//!   `_kombu.binding.<exchange>`)
+//! * Supports topic: no (not yet)
+//! * Supports fanout: no (PUB/SUB not yet)
+//! * Supports priority: yes, 0 is the **highest** (`[0, 3, 6, 9]` sub-lists)
+//! * Supports TTL: no
+//! * Ack emulation: yes (`unacked` hash + `unacked_index` zset, restored after the
+//!   visibility timeout by [`RedisBroker::restore_visible`])
+//!
+//! # Connection string
+//!
+//! `redis://[:password@]host:port/db` or `rediss://` for TLS (needs the `redis` crate's
+//! TLS feature, which this build does not enable: such URLs are refused).
+//!
+//! # Options ([`RedisOptions`], kombu's transport options)
+//!
+//! * `visibility_timeout`: 3600 s
+//! * `unacked_mutex_expire`: 300 s
+//! * `priority_steps`: `[0, 3, 6, 9]`
+//! * `sep`: `"\x06\x16"`
+//! * `global_keyprefix`: `""`
+//! * `polling_interval` (the BRPOP timeout): 1 s
+//! * Keys: `unacked`, `unacked_index`, `unacked_mutex` (after `global_keyprefix`).
+//!
+//! Requeue and restore move a message with one Lua script that removes the `unacked`
+//! entry only if it still holds the value read just before, then pushes the message: the
+//! same compare-and-move as kombu's `WATCH unacked; MULTI …; EXEC`, which cannot run on a
+//! shared, multiplexed connection.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use serde_json::{Map, Value, json};
+
+use crate::url::redact_password;
+
+use super::{
+    Broker, BrokerError, Capabilities, Delivery, DeliveryInfo, Outgoing, PriorityOrder, Properties,
+};
+
+const TRANSPORT: &str = "redis";
+
+/// Moves a message from `unacked` back onto its queue(s) if the entry is unchanged.
+/// KEYS: unacked, unacked_index, target lists...; ARGV: tag, expected value, LPUSH|RPUSH,
+/// payload. Returns 1 if moved, 0 if someone else acked or restored it first.
+const MOVE_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+for i = 3, #KEYS do redis.call(ARGV[3], KEYS[i], ARGV[4]) end
+return 1
+";
+
+/// Deletes the lock key only if it still holds our token (redis-py's lock release).
+const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Kombu's Redis transport options. [`RedisOptions::default`] is kombu's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedisOptions {
+    /// Unacked messages older than this are restored by [`RedisBroker::restore_visible`].
+    /// Default 3600 s.
+    pub visibility_timeout: Duration,
+    /// How long the `unacked_mutex` lock lives if its holder dies. Default 300 s.
+    pub unacked_mutex_expire: Duration,
+    /// Priority bands; a priority goes to the largest step not above it. Default
+    /// `[0, 3, 6, 9]`.
+    pub priority_steps: Vec<u8>,
+    /// Separates a queue name from its priority band. Default `"\x06\x16"`.
+    pub sep: String,
+    /// Prepended to every key. Default `""`.
+    pub global_keyprefix: String,
+    /// The BRPOP timeout: how long one [`Broker::fetch`] waits. Default 1 s.
+    pub polling_interval: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            visibility_timeout: Duration::from_secs(3600),
+            unacked_mutex_expire: Duration::from_secs(300),
+            priority_steps: vec![0, 3, 6, 9],
+            sep: "\x06\x16".to_owned(),
+            global_keyprefix: String::new(),
+            polling_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Kombu's Redis transport.
+pub struct RedisBroker {
+    /// The options, fixed at connect time.
+    options: RedisOptions,
+    /// Opens the dedicated BRPOP connection.
+    client: Client,
+    /// Every command but BRPOP; reconnects by itself.
+    manager: ConnectionManager,
+    /// The dedicated BRPOP connection, so a blocking pop never delays an ack. tokio `Mutex`:
+    /// held across the BRPOP; `None` after a connection error, reopened on the next fetch.
+    blocking: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// [`MOVE_SCRIPT`].
+    move_script: Script,
+    /// [`UNLOCK_SCRIPT`].
+    unlock_script: Script,
+}
+
+impl RedisBroker {
+    /// Connects to `url` with kombu's default options.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(url, RedisOptions::default()).await
+    }
+
+    /// Connects to `url` with `options`.
+    pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, BrokerError> {
+        let client = Client::open(url).map_err(|e| BrokerError::InvalidUrl {
+            transport: TRANSPORT,
+            url: redact_password(url),
+            reason: e.to_string(),
+        })?;
+        let manager =
+            client
+                .get_connection_manager()
+                .await
+                .map_err(|source| BrokerError::Redis {
+                    op: "connect",
+                    key: redact_password(url),
+                    source,
+                })?;
+        Ok(RedisBroker {
+            options,
+            client,
+            manager,
+            blocking: tokio::sync::Mutex::new(None),
+            move_script: Script::new(MOVE_SCRIPT),
+            unlock_script: Script::new(UNLOCK_SCRIPT),
+        })
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &RedisOptions {
+        &self.options
+    }
+
+    /// `global_keyprefix` + `name`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.options.global_keyprefix)
+    }
+
+    /// The list holding `queue`'s messages of `priority` (spec §3.4), prefix included.
+    pub fn queue_key(&self, queue: &str, priority: u8) -> String {
+        let step = priority_step(&self.options.priority_steps, priority);
+        if step == 0 {
+            self.key(queue)
+        } else {
+            self.key(&format!("{queue}{}{step}", self.options.sep))
+        }
+    }
+
+    /// Requeues every unacked message older than the visibility timeout at the front of its
+    /// queue, marked redelivered, under the `unacked_mutex` lock (spec §3.6). Returns how
+    /// many were restored; 0 without doing anything if another process holds the lock.
+    pub async fn restore_visible(&self) -> Result<usize, BrokerError> {
+        let mut con = self.manager.clone();
+        let mutex = self.key("unacked_mutex");
+        let token = uuid::Uuid::new_v4().to_string();
+        let expire_ms = u64::try_from(self.options.unacked_mutex_expire.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let acquired: Option<String> = redis::cmd("SET")
+            .arg(&mutex)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(expire_ms)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_error("restore lock", &mutex))?;
+        if acquired.is_none() {
+            return Ok(0);
+        }
+        let restored = self.restore_expired(&mut con).await;
+        let released: Result<i64, _> = self
+            .unlock_script
+            .key(&mutex)
+            .arg(&token)
+            .invoke_async(&mut con)
+            .await;
+        let restored = restored?;
+        released.map_err(redis_error("restore unlock", &mutex))?;
+        Ok(restored)
+    }
+
+    async fn restore_expired(&self, con: &mut ConnectionManager) -> Result<usize, BrokerError> {
+        let index = self.key("unacked_index");
+        let ceil = now_secs() - self.options.visibility_timeout.as_secs_f64();
+        let expired: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(&index)
+            .arg(ceil)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(con)
+            .await
+            .map_err(redis_error("restore scan", &index))?;
+        let mut restored = 0;
+        for (tag, _) in expired {
+            if self.move_back(&tag, Push::Front).await? {
+                restored += 1;
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Moves an unacked message back onto its queue(s), marked redelivered. False if it
+    /// was no longer unacked.
+    async fn move_back(&self, tag: &str, push: Push) -> Result<bool, BrokerError> {
+        let mut con = self.manager.clone();
+        let unacked = self.key("unacked");
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg(&unacked)
+            .arg(tag)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_error("requeue read", tag))?;
+        let Some(stored) = stored else {
+            return Ok(false);
+        };
+        let (payload, targets) = match self.requeue_payload(&stored).await {
+            Ok(found) => found,
+            Err(reason) => {
+                // Unusable bookkeeping: drop it rather than retry it forever.
+                tracing::warn!(delivery_tag = tag, %reason, "dropping malformed unacked entry");
+                self.forget(tag).await?;
+                return Ok(false);
+            }
+        };
+        if targets.is_empty() {
+            tracing::warn!(
+                delivery_tag = tag,
+                "requeue: no queue bound, message dropped"
+            );
+        }
+        let mut invocation = self.move_script.prepare_invoke();
+        invocation.key(&unacked).key(self.key("unacked_index"));
+        for target in &targets {
+            invocation.key(target);
+        }
+        invocation
+            .arg(tag)
+            .arg(&stored)
+            .arg(push.command())
+            .arg(&payload);
+        let moved: i64 = invocation
+            .invoke_async(&mut con)
+            .await
+            .map_err(redis_error("requeue", tag))?;
+        Ok(moved == 1)
+    }
+
+    /// From a stored `[envelope, exchange, routing_key]`: the envelope marked redelivered,
+    /// and the lists it goes back to.
+    async fn requeue_payload(&self, stored: &str) -> Result<(String, Vec<String>), String> {
+        let parsed: Value = serde_json::from_str(stored).map_err(|e| e.to_string())?;
+        let Some([envelope, exchange, routing_key]) = parsed.as_array().map(Vec::as_slice) else {
+            return Err("not a [envelope, exchange, routing_key] array".to_owned());
+        };
+        let (Some(exchange), Some(routing_key)) = (exchange.as_str(), routing_key.as_str()) else {
+            return Err("exchange or routing key is not a string".to_owned());
+        };
+        let mut envelope = envelope.clone();
+        let Some(fields) = envelope.as_object_mut() else {
+            return Err("envelope is not an object".to_owned());
+        };
+        let priority = fields
+            .get("properties")
+            .and_then(|p| p.get("priority"))
+            .and_then(Value::as_u64)
+            .map_or(0, clamp_priority);
+        set_flag(fields, &["headers"], "redelivered");
+        set_flag(fields, &["properties", "delivery_info"], "redelivered");
+        let queues = self
+            .route(exchange, routing_key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let targets = queues
+            .iter()
+            .map(|queue| self.queue_key(queue, priority))
+            .collect();
+        Ok((envelope.to_string(), targets))
+    }
+
+    /// The queues a message to `exchange` with `routing_key` goes to (direct routing).
+    async fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
+        if exchange.is_empty() {
+            return Ok(vec![routing_key.to_owned()]);
+        }
+        let bindings = self.key(&format!("_kombu.binding.{exchange}"));
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&bindings)
+            .query_async(&mut self.manager.clone())
+            .await
+            .map_err(redis_error("binding lookup", &bindings))?;
+        let sep = self.options.sep.as_str();
+        let mut queues = Vec::new();
+        for member in &members {
+            let mut parts = member.splitn(3, sep);
+            if let (Some(key), Some(_pattern), Some(queue)) =
+                (parts.next(), parts.next(), parts.next())
+                && key == routing_key
+                && !queues.iter().any(|q| q == queue)
+            {
+                queues.push(queue.to_owned());
+            }
+        }
+        Ok(queues)
+    }
+
+    /// Removes a delivery's bookkeeping (ack, reject without requeue).
+    async fn forget(&self, tag: &str) -> Result<(), BrokerError> {
+        redis::pipe()
+            .atomic()
+            .cmd("ZREM")
+            .arg(self.key("unacked_index"))
+            .arg(tag)
+            .ignore()
+            .cmd("HDEL")
+            .arg(self.key("unacked"))
+            .arg(tag)
+            .ignore()
+            .exec_async(&mut self.manager.clone())
+            .await
+            .map_err(redis_error("ack", tag))
+    }
+
+    /// The BRPOP keys for `queues`: by priority step, then by queue (spec §3.4).
+    fn brpop_keys(&self, queues: &[String]) -> Vec<String> {
+        self.options
+            .priority_steps
+            .iter()
+            .flat_map(|&step| queues.iter().map(move |q| self.queue_key(q, step)))
+            .collect()
+    }
+
+    /// The queue a popped key belongs to: prefix and priority suffix removed.
+    fn queue_of(&self, key: &str) -> String {
+        let key = key
+            .strip_prefix(&self.options.global_keyprefix)
+            .unwrap_or(key);
+        match key.rsplit_once(&self.options.sep) {
+            Some((queue, _)) => queue.to_owned(),
+            None => key.to_owned(),
+        }
+    }
+
+    async fn blocking_pop(&self, keys: &[String]) -> Result<Option<(String, String)>, BrokerError> {
+        let mut slot = self.blocking.lock().await;
+        let con = match slot.as_mut() {
+            Some(con) => con,
+            None => {
+                // Longer than the BRPOP timeout, so the pop itself never times out client-side.
+                let config = AsyncConnectionConfig::new().set_response_timeout(Some(
+                    self.options.polling_interval + Duration::from_secs(10),
+                ));
+                let con = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(redis_error("connect", "BRPOP connection"))?;
+                slot.insert(con)
+            }
+        };
+        let popped = redis::cmd("BRPOP")
+            .arg(keys)
+            .arg(self.options.polling_interval.as_secs_f64().max(0.01))
+            .query_async(con)
+            .await
+            .map_err(redis_error("BRPOP", &keys.join(",")));
+        if matches!(&popped, Err(e) if e.is_connection()) {
+            *slot = None;
+        }
+        popped
+    }
+}
+
+impl Broker for RedisBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            transport: TRANSPORT,
+            priority: PriorityOrder::LowerFirst,
+            fanout: false,
+            visibility_timeout: Some(self.options.visibility_timeout),
+            delayed_delivery: false,
+        }
+    }
+
+    async fn fetch(&self, queues: &[String]) -> Result<Option<Delivery>, BrokerError> {
+        if queues.is_empty() {
+            tokio::time::sleep(self.options.polling_interval).await;
+            return Ok(None);
+        }
+        let keys = self.brpop_keys(queues);
+        let Some((key, text)) = self.blocking_pop(&keys).await? else {
+            return Ok(None);
+        };
+        let queue = self.queue_of(&key);
+        let delivery = parse_envelope(&queue, &text)?;
+        let info = &delivery.properties.delivery_info;
+        let record = format!(
+            "[{text}, {}, {}]",
+            Value::from(info.exchange.as_str()),
+            Value::from(info.routing_key.as_str())
+        );
+        let tag = delivery.delivery_tag();
+        redis::pipe()
+            .atomic()
+            .cmd("ZADD")
+            .arg(self.key("unacked_index"))
+            .arg(now_secs())
+            .arg(tag)
+            .ignore()
+            .cmd("HSET")
+            .arg(self.key("unacked"))
+            .arg(tag)
+            .arg(&record)
+            .ignore()
+            .exec_async(&mut self.manager.clone())
+            .await
+            .map_err(redis_error("record unacked", tag))?;
+        Ok(Some(delivery))
+    }
+
+    async fn ack(&self, delivery_tag: &str) -> Result<(), BrokerError> {
+        self.forget(delivery_tag).await
+    }
+
+    async fn reject(&self, delivery_tag: &str, requeue: bool) -> Result<(), BrokerError> {
+        if requeue {
+            self.move_back(delivery_tag, Push::Back).await.map(drop)
+        } else {
+            self.forget(delivery_tag).await
+        }
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Outgoing,
+    ) -> Result<(), BrokerError> {
+        let priority = message.priority.map_or(0, |p| p.min(9));
+        let envelope = build_envelope(exchange, routing_key, message, priority);
+        let queues = self.route(exchange, routing_key).await?;
+        if queues.is_empty() {
+            tracing::warn!(
+                exchange,
+                routing_key,
+                "publish: no queue bound, message dropped"
+            );
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for queue in &queues {
+            pipe.cmd("LPUSH")
+                .arg(self.queue_key(queue, priority))
+                .arg(&envelope)
+                .ignore();
+        }
+        pipe.exec_async(&mut self.manager.clone())
+            .await
+            .map_err(redis_error("publish", routing_key))
+    }
+}
+
+/// Which end of a list a restored message goes to.
+#[derive(Clone, Copy)]
+enum Push {
+    /// RPUSH: popped next (restore after the visibility timeout or at shutdown).
+    Front,
+    /// LPUSH: behind everything waiting (reject with requeue).
+    Back,
+}
+
+impl Push {
+    fn command(self) -> &'static str {
+        match self {
+            Push::Front => "RPUSH",
+            Push::Back => "LPUSH",
+        }
+    }
+}
+
+fn redis_error(op: &'static str, key: &str) -> impl FnOnce(RedisError) -> BrokerError {
+    let key = key.to_owned();
+    move |source| BrokerError::Redis { op, key, source }
+}
+
+/// The largest step not above `priority` (clamped to 0..=9).
+fn priority_step(steps: &[u8], priority: u8) -> u8 {
+    let priority = priority.min(9);
+    steps
+        .iter()
+        .copied()
+        .filter(|&s| s <= priority)
+        .max()
+        .unwrap_or(0)
+}
+
+fn clamp_priority(priority: u64) -> u8 {
+    u8::try_from(priority.min(9)).unwrap_or(9)
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Sets `name: true` in the object at `path` inside `fields`, creating objects as needed.
+fn set_flag(fields: &mut Map<String, Value>, path: &[&str], name: &str) {
+    let mut current = fields;
+    for step in path {
+        let entry = current
+            .entry(step.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        current = match entry {
+            Value::Object(map) => map,
+            _ => return,
+        };
+    }
+    current.insert(name.to_owned(), Value::Bool(true));
+}
+
+/// The kombu envelope (spec §3.2) for `message`.
+fn build_envelope(exchange: &str, routing_key: &str, message: &Outgoing, priority: u8) -> String {
+    let mut properties = Map::new();
+    if let Some(id) = &message.correlation_id {
+        properties.insert("correlation_id".into(), Value::from(id.as_str()));
+    }
+    if let Some(reply_to) = &message.reply_to {
+        properties.insert("reply_to".into(), Value::from(reply_to.as_str()));
+    }
+    properties.insert("delivery_mode".into(), Value::from(2));
+    properties.insert(
+        "delivery_info".into(),
+        json!({"exchange": exchange, "routing_key": routing_key}),
+    );
+    properties.insert("priority".into(), Value::from(priority));
+    properties.insert("body_encoding".into(), Value::from("base64"));
+    properties.insert(
+        "delivery_tag".into(),
+        Value::from(uuid::Uuid::new_v4().to_string()),
+    );
+    json!({
+        "body": BASE64.encode(&message.body),
+        "content-encoding": message.content_encoding,
+        "content-type": message.content_type,
+        "headers": message.headers,
+        "properties": properties,
+    })
+    .to_string()
+}
+
+/// Parses a popped kombu envelope (spec §3.2) into a [`Delivery`].
+fn parse_envelope(queue: &str, text: &str) -> Result<Delivery, BrokerError> {
+    let malformed = |tag: Option<&str>, reason: String| BrokerError::MalformedEnvelope {
+        queue: queue.to_owned(),
+        delivery_tag: tag.map(str::to_owned),
+        reason,
+    };
+    let value: Value = serde_json::from_str(text).map_err(|e| malformed(None, e.to_string()))?;
+    let Value::Object(mut envelope) = value else {
+        return Err(malformed(None, "not a JSON object".into()));
+    };
+    let properties = match envelope.remove("properties") {
+        Some(Value::Object(p)) => p,
+        _ => return Err(malformed(None, "no properties object".into())),
+    };
+    let str_prop = |map: &Map<String, Value>, name: &str| {
+        map.get(name).and_then(Value::as_str).map(str::to_owned)
+    };
+    let Some(tag) = str_prop(&properties, "delivery_tag") else {
+        return Err(malformed(None, "no delivery_tag".into()));
+    };
+    let info = properties.get("delivery_info").and_then(Value::as_object);
+    let info_str = |name: &str| info.and_then(|i| str_prop(i, name)).unwrap_or_default();
+    let headers = match envelope.remove("headers") {
+        Some(Value::Object(h)) => h,
+        None | Some(Value::Null) => Map::new(),
+        Some(_) => return Err(malformed(Some(&tag), "headers is not an object".into())),
+    };
+    let body_text = match envelope.get("body") {
+        Some(Value::String(body)) => body.as_str(),
+        _ => return Err(malformed(Some(&tag), "body is not a string".into())),
+    };
+    let body = match properties.get("body_encoding").and_then(Value::as_str) {
+        Some("base64") => BASE64
+            .decode(body_text)
+            .map_err(|e| malformed(Some(&tag), format!("body is not base64: {e}")))?,
+        _ => body_text.as_bytes().to_vec(),
+    };
+    let redelivered = info
+        .and_then(|i| i.get("redelivered"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        || headers
+            .get("redelivered")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+    Ok(Delivery {
+        queue: queue.to_owned(),
+        body,
+        content_type: str_prop(&envelope, "content-type").unwrap_or_default(),
+        content_encoding: str_prop(&envelope, "content-encoding").unwrap_or_default(),
+        properties: Properties {
+            correlation_id: str_prop(&properties, "correlation_id"),
+            reply_to: str_prop(&properties, "reply_to"),
+            priority: properties
+                .get("priority")
+                .and_then(Value::as_u64)
+                .map(clamp_priority),
+            delivery_tag: tag,
+            delivery_info: DeliveryInfo {
+                exchange: info_str("exchange"),
+                routing_key: info_str("routing_key"),
+            },
+        },
+        headers,
+        redelivered,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_maps_to_largest_step_not_above_it() {
+        let steps = [0, 3, 6, 9];
+        let got: Vec<u8> = (0..=12).map(|p| priority_step(&steps, p)).collect();
+        assert_eq!(got, [0, 0, 0, 3, 3, 3, 6, 6, 6, 9, 9, 9, 9]);
+    }
+
+    #[test]
+    fn parse_envelope_reads_captured_message() {
+        let text = r#"{"body": "W1syLCAyXSwge30sIHt9XQ==", "content-encoding": "utf-8",
+            "content-type": "application/json", "headers": {"id": "x", "redelivered": true},
+            "properties": {"correlation_id": "x", "reply_to": "r", "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 5,
+            "body_encoding": "base64", "delivery_tag": "t1"}}"#;
+        let d = parse_envelope("celery", text).expect("valid envelope");
+        assert_eq!(d.body, b"[[2, 2], {}, {}]");
+        assert_eq!(d.properties.delivery_tag, "t1");
+        assert_eq!(d.properties.priority, Some(5));
+        assert_eq!(d.properties.delivery_info.routing_key, "celery");
+        assert!(d.redelivered);
+    }
+
+    #[test]
+    fn parse_envelope_rejects_garbage_with_queue() {
+        let err = parse_envelope("q", "not json").expect_err("garbage");
+        assert!(matches!(err, BrokerError::MalformedEnvelope { ref queue, .. } if queue == "q"));
+        assert!(!err.is_connection());
+        let err = parse_envelope("q", r#"{"properties": {"delivery_tag": "t"}, "body": 1}"#)
+            .expect_err("body not a string");
+        assert!(
+            matches!(err, BrokerError::MalformedEnvelope { delivery_tag: Some(ref t), .. } if t == "t")
+        );
+    }
+
+    #[test]
+    fn set_flag_creates_missing_objects() {
+        let mut m = Map::new();
+        set_flag(&mut m, &["properties", "delivery_info"], "redelivered");
+        assert_eq!(
+            Value::Object(m),
+            json!({"properties": {"delivery_info": {"redelivered": true}}})
+        );
+    }
+}

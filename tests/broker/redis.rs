@@ -1,0 +1,260 @@
+//! kombu's Redis transport: the conformance suite, plus the wire details Python workers
+//! rely on (key names, the unacked bookkeeping, restore after the visibility timeout).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac::broker::{Broker, Consumer, RedisBroker, RedisOptions};
+use redis::aio::MultiplexedConnection;
+
+use crate::broker_suite;
+use crate::conformance::{Harness, message, next};
+
+fn redis_url() -> String {
+    std::env::var("CELERIAC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// A broker whose every key starts with a fresh `celeriac-test-<uuid>:` prefix, so tests
+/// run in parallel without seeing each other's `unacked` entries.
+pub struct RedisHarness {
+    broker: Arc<RedisBroker>,
+    raw: MultiplexedConnection,
+    prefix: String,
+}
+
+impl RedisHarness {
+    async fn with(options: impl FnOnce(&mut RedisOptions)) -> Self {
+        let url = redis_url();
+        let prefix = format!("celeriac-test-{}:", uuid::Uuid::new_v4());
+        let mut opts = RedisOptions {
+            global_keyprefix: prefix.clone(),
+            ..RedisOptions::default()
+        };
+        options(&mut opts);
+        let broker = RedisBroker::connect_with(&url, opts)
+            .await
+            .unwrap_or_else(|e| panic!("Redis at {url} is unreachable: {e}"));
+        let raw = redis::Client::open(url.as_str())
+            .unwrap_or_else(|e| panic!("bad Redis URL {url}: {e}"))
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("Redis at {url} is unreachable: {e}"));
+        RedisHarness {
+            broker: Arc::new(broker),
+            raw,
+            prefix,
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        cmd.query_async(&mut self.raw.clone())
+            .await
+            .expect("redis command")
+    }
+}
+
+impl Harness for RedisHarness {
+    type B = RedisBroker;
+
+    async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    fn broker(&self) -> Arc<RedisBroker> {
+        Arc::clone(&self.broker)
+    }
+
+    fn queue(&self, name: &str) -> String {
+        format!("{name}-{}", uuid::Uuid::new_v4())
+    }
+
+    async fn waiting(&self, queue: &str) -> usize {
+        let mut total = 0;
+        for step in [0u8, 3, 6, 9] {
+            total += self
+                .query::<usize>(redis::cmd("LLEN").arg(self.broker.queue_key(queue, step)))
+                .await;
+        }
+        total
+    }
+
+    async fn is_unacked(&self, delivery_tag: &str) -> bool {
+        let in_hash: bool = self
+            .query(
+                redis::cmd("HEXISTS")
+                    .arg(self.broker.key("unacked"))
+                    .arg(delivery_tag),
+            )
+            .await;
+        let score: Option<f64> = self
+            .query(
+                redis::cmd("ZSCORE")
+                    .arg(self.broker.key("unacked_index"))
+                    .arg(delivery_tag),
+            )
+            .await;
+        assert_eq!(in_hash, score.is_some(), "unacked and unacked_index agree");
+        in_hash
+    }
+
+    async fn cleanup(self) {
+        let keys: Vec<String> = self
+            .query(redis::cmd("KEYS").arg(format!("{}*", self.prefix)))
+            .await;
+        if !keys.is_empty() {
+            let () = self.query(redis::cmd("DEL").arg(&keys)).await;
+        }
+    }
+}
+
+broker_suite!(redis_transport, RedisHarness);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_message_returns_after_visibility_timeout_marked_redelivered() {
+    let h = RedisHarness::with(|o| o.visibility_timeout = Duration::from_millis(300)).await;
+    let q = h.queue("restore");
+    h.broker
+        .publish("", &q, &message("1", None))
+        .await
+        .expect("publish");
+    let first = {
+        let consumer = Consumer::new(h.broker(), vec![q.clone()], 1);
+        next(&consumer).await
+        // consumer dropped without acking, as if its worker died
+    };
+    assert_eq!(
+        h.broker.restore_visible().await.expect("restore"),
+        0,
+        "not yet expired"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.broker.restore_visible().await.expect("restore"), 1);
+    assert!(!h.is_unacked(first.delivery_tag()).await);
+    let mutex: bool = h
+        .query(redis::cmd("EXISTS").arg(h.broker.key("unacked_mutex")))
+        .await;
+    assert!(!mutex, "the lock is released");
+    let consumer = Consumer::new(h.broker(), vec![q.clone()], 1);
+    let again = next(&consumer).await;
+    assert_eq!(
+        again.delivery_tag(),
+        first.delivery_tag(),
+        "same delivery tag kept"
+    );
+    assert!(again.redelivered);
+    assert_eq!(
+        again.headers.get("redelivered"),
+        Some(&serde_json::Value::Bool(true))
+    );
+    consumer.ack(again.delivery_tag()).await.expect("ack");
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_visible_skips_when_another_process_holds_the_lock() {
+    let h = RedisHarness::with(|o| o.visibility_timeout = Duration::from_millis(100)).await;
+    let q = h.queue("locked");
+    h.broker
+        .publish("", &q, &message("1", None))
+        .await
+        .expect("publish");
+    let consumer = Consumer::new(h.broker(), vec![q.clone()], 1);
+    let d = next(&consumer).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mutex = h.broker.key("unacked_mutex");
+    let () = h
+        .query(
+            redis::cmd("SET")
+                .arg(&mutex)
+                .arg("other-token")
+                .arg("PX")
+                .arg(60_000),
+        )
+        .await;
+    assert_eq!(h.broker.restore_visible().await.expect("restore"), 0);
+    let token: String = h.query(redis::cmd("GET").arg(&mutex)).await;
+    assert_eq!(token, "other-token", "someone else's lock is left alone");
+    assert!(h.is_unacked(d.delivery_tag()).await);
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_records_kombu_unacked_entry_and_priority_sublist() {
+    let h = RedisHarness::new().await;
+    let q = h.queue("wire");
+    h.broker
+        .publish("", &q, &message("1", Some(5)))
+        .await
+        .expect("publish");
+    let sub = format!("{}{q}\x06\x163", h.prefix);
+    let len: usize = h.query(redis::cmd("LLEN").arg(&sub)).await;
+    assert_eq!(len, 1, "priority 5 goes to the step-3 sub-list");
+    let consumer = Consumer::new(h.broker(), vec![q.clone()], 1);
+    let d = next(&consumer).await;
+    let stored: String = h
+        .query(
+            redis::cmd("HGET")
+                .arg(format!("{}unacked", h.prefix))
+                .arg(d.delivery_tag()),
+        )
+        .await;
+    let stored: serde_json::Value = serde_json::from_str(&stored).expect("JSON");
+    let arr = stored
+        .as_array()
+        .expect("[envelope, exchange, routing_key]");
+    assert_eq!(arr.len(), 3);
+    assert_eq!(arr[1], "");
+    assert_eq!(arr[2], q.as_str());
+    assert_eq!(arr[0]["properties"]["delivery_tag"], d.delivery_tag());
+    assert_eq!(arr[0]["properties"]["priority"], 5);
+    assert_eq!(arr[0]["properties"]["body_encoding"], "base64");
+    assert_eq!(arr[0]["body"], "MQ==");
+    consumer.ack(d.delivery_tag()).await.expect("ack");
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_to_named_exchange_follows_kombu_bindings() {
+    let h = RedisHarness::new().await;
+    let (a, b) = (h.queue("bound-a"), h.queue("bound-b"));
+    let bindings = h.broker.key("_kombu.binding.tasks");
+    for (key, queue) in [("rk", &a), ("rk", &b), ("other", &a)] {
+        let () = h
+            .query(
+                redis::cmd("SADD")
+                    .arg(&bindings)
+                    .arg(format!("{key}\x06\x16\x06\x16{queue}")),
+            )
+            .await;
+    }
+    h.broker
+        .publish("tasks", "rk", &message("1", None))
+        .await
+        .expect("publish");
+    assert_eq!(h.waiting(&a).await, 1);
+    assert_eq!(h.waiting(&b).await, 1);
+    let consumer = Consumer::new(h.broker(), vec![a.clone()], 1);
+    let d = next(&consumer).await;
+    assert_eq!(d.properties.delivery_info.exchange, "tasks");
+    consumer
+        .reject(d.delivery_tag(), true)
+        .await
+        .expect("requeue through the binding");
+    assert_eq!(h.waiting(&a).await, 1);
+    assert_eq!(
+        h.waiting(&b).await,
+        2,
+        "the binding lookup requeues to every bound queue"
+    );
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_connection_error_naming_it() {
+    let err = RedisBroker::connect("redis://127.0.0.1:1/0")
+        .await
+        .err()
+        .expect("no server on port 1");
+    assert!(err.is_connection(), "{err}");
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+}

@@ -20,14 +20,21 @@ if [ -n "$impure" ]; then
 fi
 
 scripts/build-examples.sh
+scripts/install-interop-venv.sh
 
 log="target/test-output.log"
 python3 -m unittest discover guest-sdk/python/tests 2>&1 | tee "$log"
 cargo test --release --locked --workspace 2>&1 | tee -a "$log"
+# The real Python Celery client against `celeriac worker` (tests/interop).
+target/interop-venv/bin/python -m pytest tests/interop -q 2>&1 | tee -a "$log"
 
-# Totals: cargo's "test result: ok. N passed; M failed" lines and unittest's "Ran N tests".
+# Totals: cargo's "test result: ok. N passed; M failed" lines, unittest's "Ran N tests" and
+# pytest's "N passed, M failed in Xs".
 awk '
     /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
     /^Ran [0-9]+ tests? in/ { p += $2 }
+    / in [0-9.]+s/ && /[0-9]+ (passed|failed)/ && !/^test result:/ {
+        for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
+    }
     END { printf "totals: %d passed, %d failed\n", p, f }
 ' "$log"

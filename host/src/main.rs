@@ -11,6 +11,7 @@ fn main() {
     cli::logging::init(&cli.log);
     let code = match cli.command {
         Command::Run(args) => cli::run::main(args),
+        Command::Worker(args) => cli::worker::main(args),
         Command::Build(args) => match cli::build::run(&args) {
             Ok(()) => exit::SUCCESS,
             Err(err) => {

@@ -4,6 +4,7 @@ pub mod build;
 pub mod exit;
 pub mod logging;
 pub mod run;
+pub mod worker;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Compile a Celery task module (tasks.py) into a task component.
     Build(build::BuildArgs),
+    /// Consume Celery task messages from the broker and run them, like `celery worker`.
+    Worker(worker::WorkerArgs),
 }
 
 /// Where tasks come from, shared by the commands that load components.
@@ -138,6 +141,29 @@ mod tests {
                 "-p",
                 "more",
             ],
+            &["celeriac", "worker"],
+            &[
+                "celeriac",
+                "worker",
+                "-b",
+                "redis://:pw@localhost:6379/1",
+                "-Q",
+                "a,b",
+                "-c",
+                "2",
+                "--prefetch-multiplier",
+                "1",
+                "-n",
+                "w1@%h",
+                "--acks-late",
+                "--result-extended",
+                "--visibility-timeout",
+                "30",
+                "--time-limit",
+                "5",
+                "-l",
+                "info",
+            ],
         ];
         for argv in valid {
             if let Err(err) = Cli::try_parse_from(*argv) {
@@ -171,6 +197,10 @@ mod tests {
                 ErrorKind::MissingRequiredArgument,
             ),
             (&["celeriac", "worker-please"], ErrorKind::InvalidSubcommand),
+            (
+                &["celeriac", "worker", "-c", "many"],
+                ErrorKind::ValueValidation,
+            ),
         ];
         for (argv, kind) in invalid {
             match Cli::try_parse_from(*argv) {

@@ -1,0 +1,303 @@
+//! `celeriac worker`: consumes Celery task messages from Redis and runs them, like
+//! `celery worker`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use celeriac::backend::{RedisBackend, RedisBackendConfig};
+use celeriac::broker::{RedisBroker, RedisOptions};
+use celeriac::registry::Registry;
+use celeriac::sandbox::{EngineOptions, Sandbox, SandboxLimits};
+use celeriac::url::redact_password;
+use celeriac::worker::{self, WorkerConfig};
+
+use super::{LimitOpts, TasksOpts, exit};
+
+/// The default broker, as Celery's `broker_url` for Redis.
+const DEFAULT_BROKER: &str = "redis://127.0.0.1:6379/0";
+
+/// How often unacked messages past their visibility timeout are restored.
+const RESTORE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// `celeriac worker` arguments.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// Broker URL
+    #[arg(short = 'b', long, env = "CELERY_BROKER_URL", default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// Result backend URL [default: the broker URL]
+    #[arg(long, env = "CELERY_RESULT_BACKEND")]
+    pub result_backend: Option<String>,
+    /// Queues to consume, comma-separated
+    #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery")]
+    pub queues: Vec<String>,
+    /// Tasks running at once [default: number of CPUs]
+    #[arg(short = 'c', long)]
+    pub concurrency: Option<usize>,
+    /// Unacked messages held per concurrency slot
+    #[arg(long, default_value_t = 4)]
+    pub prefetch_multiplier: u32,
+    /// Node name; %h is the host name, %n its first label, %d its domain
+    #[arg(short = 'n', long, default_value = "celery@%h")]
+    pub hostname: String,
+    /// Ack messages after the task ran rather than when it starts
+    #[arg(long)]
+    pub acks_late: bool,
+    /// Store the task name, args, kwargs, worker, retries and queue with results
+    #[arg(long)]
+    pub result_extended: bool,
+    /// Seconds after which unacked messages go back to their queue [default: 3600]
+    #[arg(long, value_name = "SECONDS")]
+    pub visibility_timeout: Option<u64>,
+    /// Seconds a warm shutdown waits for running tasks
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub shutdown_timeout: f64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tasks: TasksOpts,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub limits: LimitOpts,
+}
+
+/// Runs the command and returns the exit code.
+pub fn main(args: WorkerArgs) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return exit::USAGE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            exit::USAGE
+        }
+    }
+}
+
+/// Expands Celery's `%h`, `%n`, `%d` (and `%%`) in a node name.
+pub fn expand_nodename(pattern: &str, host: &str) -> String {
+    let (name, domain) = host.split_once('.').unwrap_or((host, ""));
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(host),
+            Some('n') => out.push_str(name),
+            Some('d') => out.push_str(domain),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let nodename = expand_nodename(&args.hostname, &host);
+    let concurrency = args.concurrency.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    });
+    let queues: Vec<String> = args
+        .queues
+        .iter()
+        .map(|q| q.trim().to_owned())
+        .filter(|q| !q.is_empty())
+        .collect();
+    let backend_url = match &args.result_backend {
+        Some(url) => url.clone(),
+        None if args.broker.starts_with("redis://") || args.broker.starts_with("rediss://") => {
+            args.broker.clone()
+        }
+        None => anyhow::bail!("--result-backend is required when the broker is not Redis"),
+    };
+    if !backend_url.starts_with("redis://") && !backend_url.starts_with("rediss://") {
+        anyhow::bail!(
+            "unsupported result backend {} (only redis:// and rediss://)",
+            redact_password(&backend_url)
+        );
+    }
+
+    let mut limits = SandboxLimits::new()
+        .time_limit(positive(args.limits.time_limit))
+        .soft_time_limit(positive(args.limits.soft_time_limit));
+    if let Some(megabytes) = args.limits.memory_limit {
+        limits = limits.memory_bytes(megabytes << 20);
+    }
+    limits.validate().map_err(anyhow::Error::msg)?;
+
+    let sandbox = Sandbox::new(&EngineOptions::default())?;
+    let cache = args.tasks.cache();
+    let registry =
+        Arc::new(Registry::load_dir(&sandbox, &args.tasks.tasks_dir, cache.as_ref()).await?);
+
+    let mut options = RedisOptions::default();
+    if let Some(seconds) = args.visibility_timeout {
+        options.visibility_timeout = Duration::from_secs(seconds);
+    }
+    let broker = Arc::new(
+        RedisBroker::connect_with(&args.broker, options)
+            .await
+            .with_context(|| format!("broker {}", redact_password(&args.broker)))?,
+    );
+    let backend = Arc::new(
+        RedisBackend::connect(RedisBackendConfig::new(backend_url.clone()))
+            .await
+            .with_context(|| format!("result backend {}", redact_password(&backend_url)))?,
+    );
+
+    print_banner(
+        &nodename,
+        &args.broker,
+        &backend_url,
+        concurrency,
+        &queues,
+        &registry,
+    );
+
+    let mut config = WorkerConfig::new(queues, concurrency, nodename.clone());
+    config.prefetch_multiplier = args.prefetch_multiplier;
+    config.acks_late = args.acks_late;
+    config.result_extended = args.result_extended;
+    config.limits = limits;
+    config.shutdown_timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
+    config.drain_timeout = broker.options().polling_interval + Duration::from_secs(1);
+
+    // kombu's restore sweep: unacked messages past the visibility timeout go back.
+    let restorer = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(RESTORE_INTERVAL);
+            loop {
+                interval.tick().await;
+                match broker.restore_visible().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!("restored {n} unacked message(s) to their queues"),
+                    Err(err) => tracing::error!("restoring unacked messages failed: {err}"),
+                }
+            }
+        })
+    };
+
+    tracing::info!("{nodename} ready.");
+    let shutdown = async {
+        wait_for_signal().await;
+        tracing::warn!("worker: Warm shutdown (signal received; send another to exit now)");
+        tokio::spawn(async {
+            wait_for_signal().await;
+            tracing::warn!("worker: Cold shutdown (second signal)");
+            std::process::exit(exit::TASK_FAILED);
+        });
+    };
+    let result = worker::run(config, sandbox, registry, broker, backend, shutdown).await;
+    restorer.abort();
+    result?;
+    Ok(exit::SUCCESS)
+}
+
+fn positive(seconds: Option<f64>) -> Option<Duration> {
+    seconds
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+fn print_banner(
+    nodename: &str,
+    broker: &str,
+    backend: &str,
+    concurrency: usize,
+    queues: &[String],
+    registry: &Registry,
+) {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\n -------------- {nodename} v{}\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+    out.push_str("--- ***** -----\n");
+    out.push_str(&format!(
+        "- ** ---------- .> transport:   {}\n",
+        redact_password(broker)
+    ));
+    out.push_str(&format!(
+        "- ** ---------- .> results:     {}\n",
+        redact_password(backend)
+    ));
+    out.push_str(&format!(
+        "- *** --- * --- .> concurrency: {concurrency} (wasm)\n"
+    ));
+    out.push_str(" -------------- [queues]\n");
+    for queue in queues {
+        out.push_str(&format!(
+            "                .> {queue:<16} exchange={queue}(direct) key={queue}\n"
+        ));
+    }
+    out.push_str("\n[tasks]\n");
+    let mut names = registry.task_names();
+    names.sort_unstable();
+    for name in names {
+        out.push_str(&format!("  . {name}\n"));
+    }
+    println!("{out}");
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_nodename;
+
+    #[test]
+    fn nodename_expansions_follow_celery() {
+        assert_eq!(
+            expand_nodename("celery@%h", "box.example.com"),
+            "celery@box.example.com"
+        );
+        assert_eq!(expand_nodename("w1@%n", "box.example.com"), "w1@box");
+        assert_eq!(
+            expand_nodename("%n@%d", "box.example.com"),
+            "box@example.com"
+        );
+        assert_eq!(expand_nodename("a%%b@%h", "box"), "a%b@box");
+        assert_eq!(expand_nodename("x@%d", "box"), "x@");
+    }
+}

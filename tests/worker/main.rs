@@ -1,0 +1,402 @@
+//! The worker loop against a real Redis: messages published as a Celery client does, run
+//! by `worker::run` in-process with WAT guests, results read back from the Redis backend.
+//!
+//! The server URL comes from `CELERIAC_TEST_REDIS_URL` (default
+//! `redis://127.0.0.1:6379/0`); an unreachable server fails the tests, naming the URL.
+//! Each test uses its own `celeriac-test-<uuid>:` key prefix and uuid queue and task ids,
+//! and never flushes the database.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use celeriac::backend::{RedisBackend, RedisBackendConfig, ResultBackend};
+use celeriac::broker::{Broker, Outgoing, RedisBroker, RedisOptions};
+use celeriac::protocol::{OutgoingTask, Timestamp};
+use celeriac::registry::Registry;
+use celeriac::worker::{self, WorkerConfig, WorkerError};
+use redis::aio::MultiplexedConnection;
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use support::guests;
+
+fn redis_url() -> String {
+    std::env::var("CELERIAC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// A worker running in-process on a fresh queue, and what the test needs to look at it.
+struct TestWorker {
+    broker: Arc<RedisBroker>,
+    backend: Arc<RedisBackend>,
+    raw: MultiplexedConnection,
+    queue: String,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), WorkerError>>>,
+    _tasks: tempfile::TempDir,
+}
+
+impl TestWorker {
+    async fn start(components: Vec<Vec<u8>>, tweak: impl FnOnce(&mut WorkerConfig)) -> Self {
+        let url = redis_url();
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (i, bytes) in components.iter().enumerate() {
+            std::fs::write(dir.path().join(format!("guest{i}.wasm")), bytes).expect("write guest");
+        }
+        let sandbox = support::harness::sandbox();
+        let registry = Arc::new(
+            Registry::load_dir(&sandbox, dir.path(), None)
+                .await
+                .expect("guests load"),
+        );
+        let options = RedisOptions {
+            global_keyprefix: format!("celeriac-test-{}:", uuid::Uuid::new_v4()),
+            polling_interval: Duration::from_millis(100),
+            ..RedisOptions::default()
+        };
+        let broker = Arc::new(
+            RedisBroker::connect_with(&url, options)
+                .await
+                .unwrap_or_else(|e| panic!("Redis at {url} is unreachable: {e}")),
+        );
+        let backend = Arc::new(
+            RedisBackend::connect(RedisBackendConfig::new(url.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("Redis at {url} is unreachable: {e}")),
+        );
+        let raw = redis::Client::open(url.as_str())
+            .unwrap_or_else(|e| panic!("bad Redis URL {url}: {e}"))
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("Redis at {url} is unreachable: {e}"));
+        let queue = format!("q-{}", uuid::Uuid::new_v4());
+        let mut config = WorkerConfig::new(vec![queue.clone()], 2, "celery@test");
+        config.drain_timeout = Duration::from_millis(500);
+        config.shutdown_timeout = Duration::from_secs(10);
+        tweak(&mut config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(worker::run(
+            config,
+            sandbox,
+            registry,
+            Arc::clone(&broker),
+            Arc::clone(&backend),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        TestWorker {
+            broker,
+            backend,
+            raw,
+            queue,
+            stop: Some(stop),
+            handle: Some(handle),
+            _tasks: dir,
+        }
+    }
+
+    async fn publish(&self, task: &OutgoingTask) {
+        self.publish_raw(&Outgoing::from(task.encode())).await;
+    }
+
+    async fn publish_raw(&self, message: &Outgoing) {
+        self.broker
+            .publish("", &self.queue, message)
+            .await
+            .expect("publish");
+    }
+
+    /// Sends a task named `name` with `args` and returns its id.
+    async fn send(&self, name: &str, args: Value) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        let Value::Array(args) = args else {
+            panic!("args must be an array")
+        };
+        self.publish(&OutgoingTask::new(id.clone(), name, args, Map::new()))
+            .await;
+        id
+    }
+
+    async fn meta(&self, id: &str) -> Option<Value> {
+        self.backend
+            .get(id)
+            .await
+            .expect("backend get")
+            .map(|text| serde_json::from_str(&text).expect("stored meta is JSON"))
+    }
+
+    /// Waits (up to 15 s) for the stored status of `id` to be `status`.
+    async fn wait_for(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let meta = self.meta(id).await;
+            if let Some(meta) = &meta
+                && meta["status"] == status
+            {
+                return meta.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never reached {status}; last stored: {meta:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn queue_len(&self) -> usize {
+        let mut total = 0;
+        for priority in [0, 3, 6, 9] {
+            let n: usize = redis::cmd("LLEN")
+                .arg(self.broker.queue_key(&self.queue, priority))
+                .query_async(&mut self.raw.clone())
+                .await
+                .expect("LLEN");
+            total += n;
+        }
+        total
+    }
+
+    async fn unacked_len(&self) -> usize {
+        let n: usize = redis::cmd("HLEN")
+            .arg(self.broker.key("unacked"))
+            .query_async(&mut self.raw.clone())
+            .await
+            .expect("HLEN");
+        let m: usize = redis::cmd("ZCARD")
+            .arg(self.broker.key("unacked_index"))
+            .query_async(&mut self.raw.clone())
+            .await
+            .expect("ZCARD");
+        n + m
+    }
+
+    /// Waits (up to 5 s) until the queue and `unacked` are both empty.
+    async fn assert_drained(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (queued, unacked) = (self.queue_len().await, self.unacked_len().await);
+            if queued == 0 && unacked == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{queued} message(s) left in the queue, {unacked} unacked entries"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Warm shutdown; panics if the worker fails or takes more than 10 s.
+    async fn stop(&mut self) {
+        let _ = self.stop.take().expect("stopped once").send(());
+        let handle = self.handle.take().expect("stopped once");
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("warm shutdown finishes")
+            .expect("worker task")
+            .expect("worker ends cleanly");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn success_is_stored_and_the_message_acked() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.add", "5")], |_| {}).await;
+    let id = w.send("tasks.add", json!([2, 3])).await;
+    let meta = w.wait_for(&id, "SUCCESS").await;
+    assert_eq!(meta["result"], json!(5));
+    assert_eq!(meta["task_id"], json!(id));
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn echo_receives_the_message_args() {
+    let mut w = TestWorker::start(vec![guests::echo_args_guest("tasks.echo")], |_| {}).await;
+    let id = w.send("tasks.echo", json!([1, "two", {"x": null}])).await;
+    let meta = w.wait_for(&id, "SUCCESS").await;
+    assert_eq!(meta["result"], json!([1, "two", {"x": null}]));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_late_success_is_stored_and_acked() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.ok", "\"fine\"")], |c| {
+        c.acks_late = true;
+        c.result_extended = true;
+    })
+    .await;
+    let id = w.send("tasks.ok", json!([7])).await;
+    let meta = w.wait_for(&id, "SUCCESS").await;
+    assert_eq!(meta["result"], json!("fine"));
+    assert_eq!(meta["name"], json!("tasks.ok"));
+    assert_eq!(meta["args"], json!([7]));
+    assert_eq!(meta["worker"], json!("celery@test"));
+    assert_eq!(meta["queue"], json!(w.queue));
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exception_is_stored_as_failure() {
+    let mut w = TestWorker::start(
+        vec![guests::raising_guest(
+            "tasks.fail",
+            "ValueError",
+            "builtins",
+            "bad input",
+        )],
+        |_| {},
+    )
+    .await;
+    let id = w.send("tasks.fail", json!([])).await;
+    let meta = w.wait_for(&id, "FAILURE").await;
+    assert_eq!(meta["result"]["exc_type"], json!("ValueError"));
+    assert_eq!(meta["result"]["exc_module"], json!("builtins"));
+    assert_eq!(meta["result"]["exc_message"], json!(["bad input"]));
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_task_is_rejected_with_not_registered() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.known", "1")], |_| {}).await;
+    let id = w.send("tasks.unknown", json!([])).await;
+    let meta = w.wait_for(&id, "FAILURE").await;
+    assert_eq!(meta["result"]["exc_type"], json!("NotRegistered"));
+    assert_eq!(meta["result"]["exc_module"], json!("celery.exceptions"));
+    assert_eq!(meta["result"]["exc_message"], json!(["tasks.unknown"]));
+    w.assert_drained().await;
+    // The worker keeps serving.
+    let ok = w.send("tasks.known", json!([])).await;
+    w.wait_for(&ok, "SUCCESS").await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_is_republished_and_ends_in_max_retries_exceeded() {
+    let mut w = TestWorker::start(
+        vec![guests::retrying_guest("tasks.flaky", Some(1.0), Some(1))],
+        |_| {},
+    )
+    .await;
+    let id = w.send("tasks.flaky", json!([])).await;
+    let retry = w.wait_for(&id, "RETRY").await;
+    assert_eq!(retry["result"], Value::Null);
+    let meta = w.wait_for(&id, "FAILURE").await;
+    assert_eq!(meta["result"]["exc_type"], json!("MaxRetriesExceededError"));
+    assert_eq!(meta["result"]["exc_module"], json!("celery.exceptions"));
+    let message = meta["result"]["exc_message"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("max retries (1) exceeded"), "{message}");
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_message_is_dropped_and_the_worker_carries_on() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.ok", "1")], |_| {}).await;
+    let bad_id = uuid::Uuid::new_v4().to_string();
+    let mut bad =
+        Outgoing::from(OutgoingTask::new(bad_id.clone(), "tasks.ok", vec![], Map::new()).encode());
+    bad.body = b"{not json".to_vec();
+    w.publish_raw(&bad).await;
+    let id = w.send("tasks.ok", json!([])).await;
+    w.wait_for(&id, "SUCCESS").await;
+    assert_eq!(w.meta(&bad_id).await, None, "nothing is stored for it");
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_state_is_stored_and_ignore_result_skips_success() {
+    let mut w = TestWorker::start(
+        vec![
+            guests::logging_guest("tasks.progress", "working"),
+            guests::ok_guest("tasks.ok", "1"),
+        ],
+        |_| {},
+    )
+    .await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut task = OutgoingTask::new(id.clone(), "tasks.progress", vec![], Map::new());
+    task.ignore_result = Some(true);
+    w.publish(&task).await;
+    let meta = w.wait_for(&id, "PROGRESS").await;
+    assert_eq!(meta["result"], json!({"n": 1}));
+
+    let ignored = uuid::Uuid::new_v4().to_string();
+    let mut task = OutgoingTask::new(ignored.clone(), "tasks.ok", vec![], Map::new());
+    task.ignore_result = Some(true);
+    w.publish(&task).await;
+    let ok = w.send("tasks.ok", json!([])).await;
+    w.wait_for(&ok, "SUCCESS").await;
+    w.assert_drained().await;
+    assert_eq!(w.meta(&ignored).await, None);
+    assert_eq!(
+        w.meta(&id).await.expect("PROGRESS kept")["status"],
+        "PROGRESS"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_eta_message_waits_for_its_time() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.ok", "1")], |_| {}).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut task = OutgoingTask::new(id.clone(), "tasks.ok", vec![], Map::new());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    task.eta = Some(Timestamp::from_unix_micros(now + 1_000_000));
+    let sent = Instant::now();
+    w.publish(&task).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.meta(&id).await, None, "ran before its eta");
+    assert_eq!(w.unacked_len().await, 2, "held unacked until its eta");
+    w.wait_for(&id, "SUCCESS").await;
+    assert!(sent.elapsed() >= Duration::from_millis(900));
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_shutdown_gives_back_held_messages() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.ok", "1")], |_| {}).await;
+    let done = w.send("tasks.ok", json!([])).await;
+    w.wait_for(&done, "SUCCESS").await;
+    let held = uuid::Uuid::new_v4().to_string();
+    let mut task = OutgoingTask::new(held.clone(), "tasks.ok", vec![], Map::new());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    task.eta = Some(Timestamp::from_unix_micros(now + 600_000_000));
+    w.publish(&task).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while w.queue_len().await > 0 {
+        assert!(Instant::now() < deadline, "the worker never fetched it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.stop().await;
+    assert_eq!(w.unacked_len().await, 0, "nothing left unacked");
+    assert_eq!(
+        w.queue_len().await,
+        1,
+        "the held message is back in its queue"
+    );
+    assert_eq!(w.meta(&held).await, None);
+    // Leave nothing behind on the shared server.
+    for priority in [0, 3, 6, 9] {
+        let _: i64 = redis::cmd("DEL")
+            .arg(w.broker.queue_key(&w.queue, priority))
+            .query_async(&mut w.raw.clone())
+            .await
+            .expect("DEL");
+    }
+}

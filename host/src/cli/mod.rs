@@ -38,6 +38,28 @@ pub enum Command {
     Worker(worker::WorkerArgs),
 }
 
+/// Runs an async command on a multi-threaded tokio runtime and turns its result into an
+/// exit code: the command's own code, or [`exit::USAGE`] with the whole error chain.
+pub fn run_async(command: impl std::future::Future<Output = anyhow::Result<i32>>) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return exit::USAGE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            exit::USAGE
+        }
+    }
+}
+
 /// Where tasks come from, shared by the commands that load components.
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Task options")]

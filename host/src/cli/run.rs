@@ -40,23 +40,7 @@ pub struct RunArgs {
 
 /// Runs the command and returns the exit code.
 pub fn main(args: RunArgs) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return exit::USAGE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            exit::USAGE
-        }
-    }
+    super::run_async(run(args))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {

@@ -64,23 +64,7 @@ pub struct WorkerArgs {
 
 /// Runs the command and returns the exit code.
 pub fn main(args: WorkerArgs) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return exit::USAGE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            exit::USAGE
-        }
-    }
+    super::run_async(run(args))
 }
 
 /// Expands Celery's `%h`, `%n`, `%d` (and `%%`) in a node name.

@@ -40,6 +40,27 @@ use reuse::WarmInstances;
 /// longer is refused rather than holding up the worker's start.
 const DESCRIBE_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+impl Default for TaskOptions {
+    /// Every option unset: the worker's defaults apply, as for a task whose author set none.
+    fn default() -> Self {
+        TaskOptions {
+            max_retries: None,
+            retry_forever: false,
+            default_retry_delay: None,
+            rate_limit: None,
+            time_limit: None,
+            soft_time_limit: None,
+            acks_late: None,
+            ignore_result: None,
+            track_started: None,
+            autoretry_for: Vec::new(),
+            retry_backoff: None,
+            retry_backoff_max: None,
+            retry_jitter: None,
+        }
+    }
+}
+
 /// Errors of the host side of the sandbox. A guest misbehaving is never one of these.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

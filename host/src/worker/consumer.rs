@@ -240,7 +240,7 @@ async fn handle<B: Broker, R: ResultBackend + 'static>(
     let options = component
         .task(&message.task)
         .map(|info| info.options.clone())
-        .unwrap_or_else(default_options);
+        .unwrap_or_default();
     tracing::info!("Task {}[{}] received", message.task, message.id);
 
     // Wait for the eta and a free slot, unless the worker stops first.
@@ -660,24 +660,6 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
 fn routing_key(delivery: &Delivery) -> &str {
     let key = &delivery.properties.delivery_info.routing_key;
     if key.is_empty() { &delivery.queue } else { key }
-}
-
-fn default_options() -> TaskOptions {
-    TaskOptions {
-        max_retries: None,
-        retry_forever: false,
-        default_retry_delay: None,
-        rate_limit: None,
-        time_limit: None,
-        soft_time_limit: None,
-        acks_late: None,
-        ignore_result: None,
-        track_started: None,
-        autoretry_for: vec![],
-        retry_backoff: None,
-        retry_backoff_max: None,
-        retry_jitter: None,
-    }
 }
 
 fn now_micros() -> i64 {

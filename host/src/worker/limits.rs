@@ -44,19 +44,9 @@ mod tests {
 
     fn options(time_limit: Option<f64>, soft_time_limit: Option<f64>) -> TaskOptions {
         TaskOptions {
-            max_retries: None,
-            retry_forever: false,
-            default_retry_delay: None,
-            rate_limit: None,
             time_limit,
             soft_time_limit,
-            acks_late: None,
-            ignore_result: None,
-            track_started: None,
-            autoretry_for: vec![],
-            retry_backoff: None,
-            retry_backoff_max: None,
-            retry_jitter: None,
+            ..TaskOptions::default()
         }
     }
 

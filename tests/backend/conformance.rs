@@ -79,6 +79,15 @@ async fn stored<B: ResultBackend>(backend: &B, task_id: &str) -> String {
         .unwrap_or_else(|| panic!("a document for {task_id}"))
 }
 
+/// Stores a document for a task that had none, checks it was written, and reads it back.
+async fn store_new<B: ResultBackend>(backend: &B, meta: &TaskMeta) -> String {
+    assert_eq!(
+        backend.store(meta).await.expect("store"),
+        StoreOutcome::Stored
+    );
+    stored(backend, meta.task_id()).await
+}
+
 fn parsed(document: &str) -> Value {
     celeriac::protocol::kombu_json::from_kombu_json(document).expect("a kombu JSON document")
 }
@@ -88,11 +97,7 @@ pub async fn success_document_has_celery_field_order<H: Harness>() {
     let backend = H::backend().await;
     let id = task_id();
     let meta = TaskMeta::success(&id, "4").expect("JSON");
-    assert_eq!(
-        backend.store(&meta).await.expect("store"),
-        StoreOutcome::Stored
-    );
-    let doc = stored(&backend, &id).await;
+    let doc = store_new(&backend, &meta).await;
     assert_eq!(
         key_order(&doc),
         [
@@ -167,11 +172,7 @@ pub async fn failure_stores_exception_dict<H: Harness>() {
         exc_message: &args,
     };
     let meta = TaskMeta::failure(&id, exc, Some("Traceback …\nValueError: ('bad', 42)\n"));
-    assert_eq!(
-        backend.store(&meta).await.expect("store"),
-        StoreOutcome::Stored
-    );
-    let doc = stored(&backend, &id).await;
+    let doc = store_new(&backend, &meta).await;
     assert!(
         doc.contains(r#""result": {"exc_type": "ValueError", "exc_message": ["bad", 42], "exc_module": "builtins"}"#),
         "{doc}"
@@ -196,8 +197,7 @@ pub async fn extended_fields_come_before_task_id<H: Harness>() {
             retries: 2,
             queue: "celery".into(),
         });
-    backend.store(&meta).await.expect("store");
-    let doc = stored(&backend, &id).await;
+    let doc = store_new(&backend, &meta).await;
     assert_eq!(
         key_order(&doc),
         [

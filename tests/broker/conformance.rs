@@ -51,6 +51,21 @@ pub async fn next<B: Broker>(consumer: &Consumer<B>) -> celeriac::broker::Delive
         .expect("fetch succeeds")
 }
 
+/// Publishes one plain message to a fresh queue and fetches it with a prefetch of one.
+async fn one_delivered<H: Harness>(
+    h: &H,
+    name: &str,
+) -> (String, Consumer<H::B>, celeriac::broker::Delivery) {
+    let q = h.queue(name);
+    h.broker()
+        .publish("", &q, &message("1", None))
+        .await
+        .expect("publish");
+    let consumer = Consumer::new(h.broker(), vec![q.clone()], 1);
+    let delivery = next(&consumer).await;
+    (q, consumer, delivery)
+}
+
 pub async fn publish_then_consume_keeps_body_headers_and_properties<H: Harness>(h: &H) {
     let q = h.queue("roundtrip");
     let sent = message("\"payload\"", Some(3));
@@ -76,13 +91,7 @@ pub async fn publish_then_consume_keeps_body_headers_and_properties<H: Harness>(
 }
 
 pub async fn ack_removes_message<H: Harness>(h: &H) {
-    let q = h.queue("ack");
-    h.broker()
-        .publish("", &q, &message("1", None))
-        .await
-        .expect("publish");
-    let consumer = Consumer::new(h.broker(), vec![q.clone()], 1);
-    let got = next(&consumer).await;
+    let (q, consumer, got) = one_delivered(h, "ack").await;
     assert!(
         h.is_unacked(got.delivery_tag()).await,
         "tracked while unacked"
@@ -94,13 +103,7 @@ pub async fn ack_removes_message<H: Harness>(h: &H) {
 }
 
 pub async fn reject_with_requeue_redelivers<H: Harness>(h: &H) {
-    let q = h.queue("requeue");
-    h.broker()
-        .publish("", &q, &message("1", None))
-        .await
-        .expect("publish");
-    let consumer = Consumer::new(h.broker(), vec![q.clone()], 1);
-    let first = next(&consumer).await;
+    let (_, consumer, first) = one_delivered(h, "requeue").await;
     consumer
         .reject(first.delivery_tag(), true)
         .await
@@ -114,13 +117,7 @@ pub async fn reject_with_requeue_redelivers<H: Harness>(h: &H) {
 }
 
 pub async fn reject_without_requeue_drops<H: Harness>(h: &H) {
-    let q = h.queue("drop");
-    h.broker()
-        .publish("", &q, &message("1", None))
-        .await
-        .expect("publish");
-    let consumer = Consumer::new(h.broker(), vec![q.clone()], 1);
-    let got = next(&consumer).await;
+    let (q, consumer, got) = one_delivered(h, "drop").await;
     consumer
         .reject(got.delivery_tag(), false)
         .await

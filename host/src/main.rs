@@ -12,6 +12,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => cli::run::main(args),
         Command::Worker(args) => cli::worker::main(args),
+        Command::Call(args) => cli::call::main(args),
         Command::Build(args) => match cli::build::run(&args) {
             Ok(()) => exit::SUCCESS,
             Err(err) => {

@@ -172,6 +172,34 @@ pub async fn prefetch_holds_third_message_until_ack<H: Harness>(h: &H) {
     assert_eq!(h.waiting(&q).await, 0);
 }
 
+pub async fn eta_hold_lends_a_prefetch_slot_until_dropped<H: Harness>(h: &H) {
+    let q = h.queue("eta-hold");
+    for i in 0..3 {
+        h.broker()
+            .publish("", &q, &message(&i.to_string(), None))
+            .await
+            .expect("publish");
+    }
+    let consumer = Consumer::new(h.broker(), vec![q.clone()], 1);
+    let held = next(&consumer).await;
+    let hold = consumer.hold_for_eta();
+    let due = next(&consumer).await;
+    assert_eq!(
+        due.body, b"1",
+        "an ETA-held delivery must not use up the prefetch"
+    );
+    drop(hold);
+    consumer.ack(due.delivery_tag()).await.expect("ack");
+    let blocked = tokio::time::timeout(Duration::from_millis(1500), consumer.next()).await;
+    assert!(
+        blocked.is_err(),
+        "the lent slot is paid back by the first ack after the hold ends"
+    );
+    assert_eq!(h.waiting(&q).await, 1);
+    consumer.ack(held.delivery_tag()).await.expect("ack");
+    assert_eq!(next(&consumer).await.body, b"2");
+}
+
 pub async fn consumed_celery_v2_message_decodes<H: Harness>(h: &H) {
     let q = h.queue("celery");
     let id = "11111111-1111-1111-1111-111111111111";
@@ -220,6 +248,7 @@ macro_rules! broker_suite {
                 reject_without_requeue_drops,
                 priority_order_follows_capabilities,
                 prefetch_holds_third_message_until_ack,
+                eta_hold_lends_a_prefetch_slot_until_dropped,
                 consumed_celery_v2_message_decodes,
             );
         }

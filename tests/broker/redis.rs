@@ -258,3 +258,41 @@ async fn unreachable_server_is_a_connection_error_naming_it() {
     assert!(err.is_connection(), "{err}");
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_envelope_in_a_batch_is_dropped_and_the_rest_delivered() {
+    let h = RedisHarness::new().await;
+    let q = h.queue("batch");
+    h.broker
+        .publish("", &q, &message("first", None))
+        .await
+        .expect("publish");
+    let key = h.broker.queue_key(&q, 0);
+    for garbage in [
+        "not json",
+        r#"{"body": 1, "properties": {"delivery_tag": "t-bad"}}"#,
+    ] {
+        let () = h.query(redis::cmd("LPUSH").arg(&key).arg(garbage)).await;
+    }
+    h.broker
+        .publish("", &q, &message("last", None))
+        .await
+        .expect("publish");
+    let consumer = Consumer::new(h.broker(), vec![q.clone()], 8);
+    let first = next(&consumer).await;
+    let last = next(&consumer).await;
+    assert_eq!(
+        (first.body.as_slice(), last.body.as_slice()),
+        (&b"first"[..], &b"last"[..])
+    );
+    assert_eq!(h.waiting(&q).await, 0, "the garbage left the queue");
+    assert!(
+        !h.is_unacked("t-bad").await,
+        "a dropped message leaves no unacked entry to restore forever"
+    );
+    assert!(h.is_unacked(first.delivery_tag()).await);
+    for d in [first, last] {
+        consumer.ack(d.delivery_tag()).await.expect("ack");
+    }
+    h.cleanup().await;
+}

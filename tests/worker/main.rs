@@ -10,9 +10,12 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use celeriac::backend::{RedisBackend, RedisBackendConfig, ResultBackend};
+use celeriac::backend::{
+    BackendError, RedisBackend, RedisBackendConfig, ResultBackend, StoreOutcome, TaskMeta,
+};
 use celeriac::broker::{Broker, Outgoing, RedisBroker, RedisOptions};
 use celeriac::protocol::{OutgoingTask, Timestamp};
 use celeriac::registry::Registry;
@@ -41,6 +44,16 @@ struct TestWorker {
 
 impl TestWorker {
     async fn start(components: Vec<Vec<u8>>, tweak: impl FnOnce(&mut WorkerConfig)) -> Self {
+        Self::start_with_backend(components, tweak, |backend| backend).await
+    }
+
+    /// Starts a worker that stores through `wrap(the Redis backend)`; the test reads
+    /// results from the Redis backend itself.
+    async fn start_with_backend<R: ResultBackend + 'static>(
+        components: Vec<Vec<u8>>,
+        tweak: impl FnOnce(&mut WorkerConfig),
+        wrap: impl FnOnce(Arc<RedisBackend>) -> Arc<R>,
+    ) -> Self {
         let url = redis_url();
         let dir = tempfile::tempdir().expect("temp dir");
         for (i, bytes) in components.iter().enumerate() {
@@ -83,7 +96,7 @@ impl TestWorker {
             sandbox,
             registry,
             Arc::clone(&broker),
-            Arc::clone(&backend),
+            wrap(Arc::clone(&backend)),
             async move {
                 let _ = stopped.await;
             },
@@ -349,10 +362,7 @@ async fn an_eta_message_waits_for_its_time() {
     let mut w = TestWorker::start(vec![guests::ok_guest("tasks.ok", "1")], |_| {}).await;
     let id = uuid::Uuid::new_v4().to_string();
     let mut task = OutgoingTask::new(id.clone(), "tasks.ok", vec![], Map::new());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_micros() as i64;
+    let now = worker::now_micros();
     task.eta = Some(Timestamp::from_unix_micros(now + 1_000_000));
     let sent = Instant::now();
     w.publish(&task).await;
@@ -372,10 +382,7 @@ async fn warm_shutdown_gives_back_held_messages() {
     w.wait_for(&done, "SUCCESS").await;
     let held = uuid::Uuid::new_v4().to_string();
     let mut task = OutgoingTask::new(held.clone(), "tasks.ok", vec![], Map::new());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_micros() as i64;
+    let now = worker::now_micros();
     task.eta = Some(Timestamp::from_unix_micros(now + 600_000_000));
     w.publish(&task).await;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -399,4 +406,115 @@ async fn warm_shutdown_gives_back_held_messages() {
             .await
             .expect("DEL");
     }
+}
+
+/// A task message for `name` with no arguments, due `eta_secs` and expiring `expires_secs`
+/// from now (negative: in the past).
+fn timed_task(name: &str, eta_secs: Option<f64>, expires_secs: Option<f64>) -> OutgoingTask {
+    let at = |secs: f64| Timestamp::from_unix_micros(worker::now_micros() + (secs * 1e6) as i64);
+    let mut task = OutgoingTask::new(uuid::Uuid::new_v4().to_string(), name, vec![], Map::new());
+    task.eta = eta_secs.map(at);
+    task.expires = expires_secs.map(at);
+    task
+}
+
+fn revoked_because(reason: &str) -> Value {
+    json!({
+        "exc_type": "TaskRevokedError",
+        "exc_message": [reason],
+        "exc_module": "celery.exceptions",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_message_is_revoked_without_running() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.ok", "1")], |_| {}).await;
+    let task = timed_task("tasks.ok", None, Some(-1.0));
+    w.publish(&task).await;
+    let meta = w.wait_for(&task.id, "REVOKED").await;
+    assert_eq!(meta["result"], revoked_because("expired"));
+    assert!(meta["date_done"].is_string(), "REVOKED is a ready state");
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_expires_before_its_eta_is_revoked_at_its_eta() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.ok", "1")], |_| {}).await;
+    let task = timed_task("tasks.ok", Some(1.0), Some(0.5));
+    w.publish(&task).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.meta(&task.id).await, None, "not discarded before its eta");
+    let meta = w.wait_for(&task.id, "REVOKED").await;
+    assert_eq!(meta["result"], revoked_because("expired"));
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_eta_held_message_does_not_use_up_the_prefetch() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.ok", "1")], |config| {
+        config.concurrency = 1;
+        config.prefetch_multiplier = 1;
+    })
+    .await;
+    let later = timed_task("tasks.ok", Some(3.0), None);
+    w.publish(&later).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = Instant::now();
+    let due = w.send("tasks.ok", json!([])).await;
+    w.wait_for(&due, "SUCCESS").await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "the task due now waited for the ETA-held one: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(w.meta(&later.id).await, None, "ran before its eta");
+    w.wait_for(&later.id, "SUCCESS").await;
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+/// Loses the connection on the first SUCCESS it is asked to store.
+struct LosesFirstSuccess {
+    inner: Arc<RedisBackend>,
+    lost: AtomicBool,
+}
+
+impl ResultBackend for LosesFirstSuccess {
+    async fn store(&self, meta: &TaskMeta) -> Result<StoreOutcome, BackendError> {
+        if meta.state().as_str() == "SUCCESS" && !self.lost.swap(true, Ordering::SeqCst) {
+            let lost = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "test: lost");
+            return Err(BackendError::Command {
+                op: "store",
+                task_id: meta.task_id().to_owned(),
+                source: redis::RedisError::from(lost),
+            });
+        }
+        self.inner.store(meta).await
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<String>, BackendError> {
+        self.inner.get(task_id).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_late_requeues_a_task_whose_result_could_not_be_stored() {
+    let mut w = TestWorker::start_with_backend(
+        vec![guests::ok_guest("tasks.ok", "1")],
+        |config| config.acks_late = true,
+        |inner| {
+            Arc::new(LosesFirstSuccess {
+                inner,
+                lost: AtomicBool::new(false),
+            })
+        },
+    )
+    .await;
+    let id = w.send("tasks.ok", json!([])).await;
+    let meta = w.wait_for(&id, "SUCCESS").await;
+    assert_eq!(meta["result"], json!(1), "the requeued message ran again");
+    w.assert_drained().await;
+    w.stop().await;
 }

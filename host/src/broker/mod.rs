@@ -226,13 +226,16 @@ pub trait Broker: Send + Sync + 'static {
     /// What this transport supports.
     fn capabilities(&self) -> Capabilities;
 
-    /// Waits a short, transport-defined time (Redis: the BRPOP timeout) for one message
-    /// from `queues`, tried in the given order within each priority; `Ok(None)` if none
-    /// came. A returned delivery is unacked until [`Broker::ack`] or [`Broker::reject`].
+    /// Waits a short, transport-defined time (Redis: the BRPOP timeout) for messages from
+    /// `queues`, tried in the given order within each priority, and returns at most `max`
+    /// (at least one is asked for) of those waiting; empty if none came. A returned
+    /// delivery is unacked until [`Broker::ack`] or [`Broker::reject`]. A message that
+    /// cannot be delivered (a malformed envelope) is logged and dropped, not returned.
     fn fetch(
         &self,
         queues: &[String],
-    ) -> impl Future<Output = Result<Option<Delivery>, BrokerError>> + Send;
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery>, BrokerError>> + Send;
 
     /// Acknowledges a delivery: it is done and never comes back. Acking an unknown tag is
     /// not an error (it was acked or restored already).
@@ -256,12 +259,49 @@ pub trait Broker: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 }
 
+/// The most messages one fetch asks for: enough to amortise a round trip over many tasks,
+/// few enough that one consumer does not empty a queue other workers share.
+pub const FETCH_BATCH_MAX: usize = 64;
+
 /// A fetch in progress, kept across cancelled [`Consumer::next`] calls so a message the
-/// server already handed out is never dropped on the floor.
+/// server already handed out is never dropped on the floor; it holds the prefetch slots
+/// reserved for it.
 type PendingFetch = JoinHandle<(
-    Result<Option<Delivery>, BrokerError>,
-    Option<OwnedSemaphorePermit>,
+    Result<Vec<Delivery>, BrokerError>,
+    Option<Vec<OwnedSemaphorePermit>>,
 )>;
+
+/// What [`Consumer::next`] keeps between calls.
+#[derive(Default)]
+struct Pending {
+    /// The fetch in progress, if a `next()` was cancelled while it ran.
+    fetch: Option<PendingFetch>,
+    /// Deliveries fetched and not handed out yet (they are in flight already).
+    ready: std::collections::VecDeque<Delivery>,
+}
+
+/// Deliveries handed out by a [`Consumer`] and not yet settled.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// Their delivery tags.
+    tags: HashSet<String>,
+    /// Prefetch permits lent by ended ETA holds that were in use when the hold ended; each
+    /// settled delivery pays one back instead of freeing its own.
+    owed_permits: usize,
+}
+
+/// One extra prefetch slot lent while a delivery waits for its ETA; see
+/// [`Consumer::hold_for_eta`].
+#[must_use = "the extra prefetch slot is taken back when the hold is dropped"]
+pub struct EtaHold<'a, B: Broker> {
+    consumer: &'a Consumer<B>,
+}
+
+impl<B: Broker> Drop for EtaHold<'_, B> {
+    fn drop(&mut self) {
+        self.consumer.end_eta_hold();
+    }
+}
 
 /// Consumes from a list of queues through a [`Broker`], holding at most `prefetch`
 /// unacked deliveries (kombu's virtual QoS `can_consume`) and rotating the queue order
@@ -274,12 +314,13 @@ pub struct Consumer<B: Broker> {
     queues: Mutex<Vec<String>>,
     /// One permit per delivery that may be outstanding; `None` for no limit (prefetch 0).
     prefetch: Option<Arc<Semaphore>>,
-    /// Delivery tags handed out and not yet settled, so each returns its permit once. std
-    /// `Mutex`: short critical sections, no `.await` inside.
-    in_flight: Mutex<HashSet<String>>,
-    /// The fetch in progress, if a `next()` was cancelled while it ran. tokio `Mutex`: held
+    /// Delivery tags handed out and not yet settled, so each returns its permit once, and
+    /// the permits still owed by ended ETA holds. std `Mutex`: short critical sections, no
+    /// `.await` inside.
+    in_flight: Mutex<InFlight>,
+    /// The fetch in progress and the deliveries not handed out yet. tokio `Mutex`: held
     /// across the fetch, which also makes concurrent `next()` calls take turns.
-    pending: tokio::sync::Mutex<Option<PendingFetch>>,
+    pending: tokio::sync::Mutex<Pending>,
 }
 
 impl<B: Broker> Consumer<B> {
@@ -291,8 +332,8 @@ impl<B: Broker> Consumer<B> {
             broker,
             queues: Mutex::new(queues),
             prefetch,
-            in_flight: Mutex::new(HashSet::new()),
-            pending: tokio::sync::Mutex::new(None),
+            in_flight: Mutex::default(),
+            pending: tokio::sync::Mutex::default(),
         }
     }
 
@@ -302,46 +343,87 @@ impl<B: Broker> Consumer<B> {
     }
 
     /// Waits for the next delivery, first for a free prefetch slot, then for a message.
-    /// Cancel-safe: a message fetched after the caller gave up is returned by the next call.
+    /// Fetches as many messages at once as there are free prefetch slots (at most
+    /// [`FETCH_BATCH_MAX`]) and hands them out one by one. Cancel-safe: messages fetched
+    /// after the caller gave up are returned by the next calls.
     pub async fn next(&self) -> Result<Delivery, BrokerError> {
         let mut pending = self.pending.lock().await;
         loop {
-            let handle = match pending.as_mut() {
+            if let Some(delivery) = pending.ready.pop_front() {
+                return Ok(delivery);
+            }
+            let handle = match pending.fetch.as_mut() {
                 Some(handle) => handle,
                 None => {
-                    let permit = match &self.prefetch {
-                        Some(semaphore) => Some(
-                            Arc::clone(semaphore)
-                                .acquire_owned()
-                                .await
-                                .expect("the prefetch semaphore is never closed"),
-                        ),
-                        None => None,
-                    };
+                    let permits = self.reserve_slots().await;
+                    let max = permits.as_ref().map_or(FETCH_BATCH_MAX, Vec::len);
                     let queues = self.fan_in_order();
                     let broker = Arc::clone(&self.broker);
-                    pending.insert(tokio::spawn(async move {
-                        (broker.fetch(&queues).await, permit)
+                    pending.fetch.insert(tokio::spawn(async move {
+                        (broker.fetch(&queues, max).await, permits)
                     }))
                 }
             };
             let joined = handle.await;
-            *pending = None;
-            let (result, permit) = match joined {
+            pending.fetch = None;
+            let (result, permits) = match joined {
                 Ok(pair) => pair,
                 Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
                 Err(_) => continue, // cancelled: only at runtime shutdown; fetch again
             };
-            if let Some(delivery) = result? {
-                if let Some(permit) = permit {
-                    permit.forget();
-                }
-                self.lock_in_flight()
-                    .insert(delivery.delivery_tag().to_owned());
-                self.rotate_after(&delivery.queue);
-                return Ok(delivery);
+            let deliveries = result?;
+            // One permit stays taken per delivery; the unused ones go back when dropped.
+            for permit in permits.into_iter().flatten().take(deliveries.len()) {
+                permit.forget();
+            }
+            let mut in_flight = self.lock_in_flight();
+            for delivery in &deliveries {
+                in_flight.tags.insert(delivery.delivery_tag().to_owned());
+            }
+            drop(in_flight);
+            if let Some(last) = deliveries.last() {
+                self.rotate_after(&last.queue);
+            }
+            pending.ready.extend(deliveries);
+        }
+    }
+
+    /// Deliveries fetched but not handed out yet, after waiting up to `wait` for a fetch in
+    /// progress: what a stopping worker gives back.
+    pub async fn take_unstarted(&self, wait: Duration) -> Vec<Delivery> {
+        let mut pending = self.pending.lock().await;
+        if let Some(handle) = pending.fetch.take()
+            && let Ok(Ok((Ok(deliveries), permits))) = tokio::time::timeout(wait, handle).await
+        {
+            for permit in permits.into_iter().flatten().take(deliveries.len()) {
+                permit.forget();
+            }
+            let mut in_flight = self.lock_in_flight();
+            for delivery in &deliveries {
+                in_flight.tags.insert(delivery.delivery_tag().to_owned());
+            }
+            drop(in_flight);
+            pending.ready.extend(deliveries);
+        }
+        pending.ready.drain(..).collect()
+    }
+
+    /// Waits for one free prefetch slot, then takes every other free one up to
+    /// [`FETCH_BATCH_MAX`]; `None` without a prefetch limit.
+    async fn reserve_slots(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+        let semaphore = self.prefetch.as_ref()?;
+        let first = Arc::clone(semaphore)
+            .acquire_owned()
+            .await
+            .expect("the prefetch semaphore is never closed");
+        let mut permits = vec![first];
+        while permits.len() < FETCH_BATCH_MAX {
+            match Arc::clone(semaphore).try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
             }
         }
+        Some(permits)
     }
 
     /// Acks a delivery and frees its prefetch slot.
@@ -360,17 +442,44 @@ impl<B: Broker> Consumer<B> {
 
     /// Delivery tags handed out and not yet acked or rejected.
     pub fn in_flight(&self) -> Vec<String> {
-        self.lock_in_flight().iter().cloned().collect()
+        self.lock_in_flight().tags.iter().cloned().collect()
+    }
+
+    /// Lets one more delivery be prefetched while a delivery waits for its ETA, until the
+    /// returned hold is dropped: Celery raises the prefetch count for every ETA-held task,
+    /// so a queue full of countdowns does not starve the tasks due now.
+    pub fn hold_for_eta(&self) -> EtaHold<'_, B> {
+        if let Some(semaphore) = &self.prefetch {
+            semaphore.add_permits(1);
+        }
+        EtaHold { consumer: self }
+    }
+
+    /// Takes back the permit an ETA hold lent, now if it is free, else from the next
+    /// settled delivery.
+    fn end_eta_hold(&self) {
+        let Some(semaphore) = &self.prefetch else {
+            return;
+        };
+        match semaphore.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => self.lock_in_flight().owed_permits += 1,
+        }
     }
 
     fn settle(&self, delivery_tag: &str) {
-        let removed = self.lock_in_flight().remove(delivery_tag);
-        if let (true, Some(semaphore)) = (removed, &self.prefetch) {
+        let mut in_flight = self.lock_in_flight();
+        if !in_flight.tags.remove(delivery_tag) {
+            return;
+        }
+        if in_flight.owed_permits > 0 {
+            in_flight.owed_permits -= 1;
+        } else if let Some(semaphore) = &self.prefetch {
             semaphore.add_permits(1);
         }
     }
 
-    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
         self.in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

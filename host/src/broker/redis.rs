@@ -62,6 +62,44 @@ for i = 3, #KEYS do redis.call(ARGV[3], KEYS[i], ARGV[4]) end
 return 1
 ";
 
+/// Pops up to ARGV[1] messages from the lists KEYS[3..], first list first (the BRPOP key
+/// order), recording each in `unacked` (KEYS[1]) and `unacked_index` (KEYS[2], score
+/// ARGV[2]) in the same atomic step, so a message is never popped but unrecorded (kombu's
+/// BRPOP-then-pipeline has that window). Returns flat triples: list key, message, and 1
+/// if recorded or 0 if it had no delivery tag (malformed; the caller logs it).
+const FETCH_SCRIPT: &str = r"
+local out = {}
+local left = tonumber(ARGV[1])
+for i = 3, #KEYS do
+  while left > 0 do
+    local message = redis.call('RPOP', KEYS[i])
+    if not message then break end
+    left = left - 1
+    local ok, envelope = pcall(cjson.decode, message)
+    local properties = ok and type(envelope) == 'table' and envelope.properties
+    local tag = type(properties) == 'table' and properties.delivery_tag
+    local recorded = 0
+    if type(tag) == 'string' then
+      local info = properties.delivery_info
+      local exchange, routing_key = '', ''
+      if type(info) == 'table' then
+        if type(info.exchange) == 'string' then exchange = info.exchange end
+        if type(info.routing_key) == 'string' then routing_key = info.routing_key end
+      end
+      redis.call('ZADD', KEYS[2], ARGV[2], tag)
+      redis.call('HSET', KEYS[1], tag,
+        '[' .. message .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']')
+      recorded = 1
+    end
+    out[#out + 1] = KEYS[i]
+    out[#out + 1] = message
+    out[#out + 1] = recorded
+  end
+  if left == 0 then break end
+end
+return out
+";
+
 /// Deletes the lock key only if it still holds our token (redis-py's lock release).
 const UNLOCK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -115,6 +153,8 @@ pub struct RedisBroker {
     move_script: Script,
     /// [`UNLOCK_SCRIPT`].
     unlock_script: Script,
+    /// [`FETCH_SCRIPT`].
+    fetch_script: Script,
 }
 
 impl RedisBroker {
@@ -146,6 +186,7 @@ impl RedisBroker {
             blocking: tokio::sync::Mutex::new(None),
             move_script: Script::new(MOVE_SCRIPT),
             unlock_script: Script::new(UNLOCK_SCRIPT),
+            fetch_script: Script::new(FETCH_SCRIPT),
         })
     }
 
@@ -364,6 +405,69 @@ impl RedisBroker {
         }
     }
 
+    /// Up to `max` messages already waiting in `keys`, each recorded as unacked
+    /// ([`FETCH_SCRIPT`]): `(list key, envelope text, recorded)`.
+    async fn pop_waiting(
+        &self,
+        keys: &[String],
+        max: usize,
+    ) -> Result<Vec<(String, String, bool)>, BrokerError> {
+        let mut invocation = self.fetch_script.prepare_invoke();
+        invocation
+            .key(self.key("unacked"))
+            .key(self.key("unacked_index"));
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(max).arg(now_secs());
+        let flat: Vec<redis::Value> = invocation
+            .invoke_async(&mut self.manager.clone())
+            .await
+            .map_err(redis_error("fetch", &keys.join(",")))?;
+        let mut popped = Vec::with_capacity(flat.len() / 3);
+        for triple in flat.chunks_exact(3) {
+            let [key, text, recorded] = triple else {
+                continue;
+            };
+            let (Some(key), Some(text)) = (bulk_text(key), bulk_text(text)) else {
+                continue;
+            };
+            popped.push((key, text, matches!(recorded, redis::Value::Int(1))));
+        }
+        Ok(popped)
+    }
+
+    /// Records a message popped by BRPOP as unacked (kombu's delivery bookkeeping). False
+    /// when it has no delivery tag to record it by.
+    async fn record_unacked(&self, key: &str, text: &str) -> Result<bool, BrokerError> {
+        let Ok(delivery) = parse_envelope(&self.queue_of(key), text) else {
+            return Ok(false);
+        };
+        let info = &delivery.properties.delivery_info;
+        let record = format!(
+            "[{text}, {}, {}]",
+            Value::from(info.exchange.as_str()),
+            Value::from(info.routing_key.as_str())
+        );
+        let tag = delivery.delivery_tag();
+        redis::pipe()
+            .atomic()
+            .cmd("ZADD")
+            .arg(self.key("unacked_index"))
+            .arg(now_secs())
+            .arg(tag)
+            .ignore()
+            .cmd("HSET")
+            .arg(self.key("unacked"))
+            .arg(tag)
+            .arg(&record)
+            .ignore()
+            .exec_async(&mut self.manager.clone())
+            .await
+            .map_err(redis_error("record unacked", tag))?;
+        Ok(true)
+    }
+
     async fn blocking_pop(&self, keys: &[String]) -> Result<Option<(String, String)>, BrokerError> {
         let mut slot = self.blocking.lock().await;
         let con = match slot.as_mut() {
@@ -405,40 +509,43 @@ impl Broker for RedisBroker {
         }
     }
 
-    async fn fetch(&self, queues: &[String]) -> Result<Option<Delivery>, BrokerError> {
+    async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
         if queues.is_empty() {
             tokio::time::sleep(self.options.polling_interval).await;
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let keys = self.brpop_keys(queues);
-        let Some((key, text)) = self.blocking_pop(&keys).await? else {
-            return Ok(None);
-        };
-        let queue = self.queue_of(&key);
-        let delivery = parse_envelope(&queue, &text)?;
-        let info = &delivery.properties.delivery_info;
-        let record = format!(
-            "[{text}, {}, {}]",
-            Value::from(info.exchange.as_str()),
-            Value::from(info.routing_key.as_str())
-        );
-        let tag = delivery.delivery_tag();
-        redis::pipe()
-            .atomic()
-            .cmd("ZADD")
-            .arg(self.key("unacked_index"))
-            .arg(now_secs())
-            .arg(tag)
-            .ignore()
-            .cmd("HSET")
-            .arg(self.key("unacked"))
-            .arg(tag)
-            .arg(&record)
-            .ignore()
-            .exec_async(&mut self.manager.clone())
-            .await
-            .map_err(redis_error("record unacked", tag))?;
-        Ok(Some(delivery))
+        let mut popped = self.pop_waiting(&keys, max.max(1)).await?;
+        if popped.is_empty() {
+            // Nothing waiting: block for the next one, as kombu does.
+            let Some((key, text)) = self.blocking_pop(&keys).await? else {
+                return Ok(Vec::new());
+            };
+            let recorded = self.record_unacked(&key, &text).await?;
+            popped.push((key, text, recorded));
+        }
+        let mut deliveries = Vec::with_capacity(popped.len());
+        for (key, text, recorded) in popped {
+            match parse_envelope(&self.queue_of(&key), &text) {
+                Ok(delivery) if recorded => deliveries.push(delivery),
+                Ok(delivery) => tracing::error!(
+                    "message on {key} dropped: delivery tag {} could not be recorded",
+                    delivery.delivery_tag()
+                ),
+                Err(err) => {
+                    tracing::error!("{err}; the message has been dropped");
+                    if let BrokerError::MalformedEnvelope {
+                        delivery_tag: Some(tag),
+                        ..
+                    } = &err
+                        && recorded
+                    {
+                        self.forget(tag).await?;
+                    }
+                }
+            }
+        }
+        Ok(deliveries)
     }
 
     async fn ack(&self, delivery_tag: &str) -> Result<(), BrokerError> {
@@ -498,6 +605,15 @@ impl Push {
             Push::Front => "RPUSH",
             Push::Back => "LPUSH",
         }
+    }
+}
+
+/// A bulk string reply as text (invalid UTF-8 replaced, so the envelope parser reports
+/// it); `None` for any other reply.
+fn bulk_text(value: &redis::Value) -> Option<String> {
+    match value {
+        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        _ => None,
     }
 }
 

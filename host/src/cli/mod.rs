@@ -1,6 +1,7 @@
 //! The `celeriac` command line: one module per subcommand, shared option groups, exit codes.
 
 pub mod build;
+pub mod call;
 pub mod exit;
 pub mod logging;
 pub mod run;
@@ -9,8 +10,17 @@ pub mod worker;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
 
+use anyhow::Context as _;
+
+use celeriac::backend::{RedisBackend, RedisBackendConfig};
+use celeriac::broker::{RedisBroker, RedisOptions};
 use celeriac::registry::CompileCache;
+use celeriac::url::redact_password;
+
+/// The default broker, as Celery's `broker_url` for Redis.
+const DEFAULT_BROKER: &str = "redis://127.0.0.1:6379/0";
 
 /// celeriac: a Celery worker that runs every task in a WebAssembly sandbox.
 ///
@@ -36,6 +46,8 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Consume Celery task messages from the broker and run them, like `celery worker`.
     Worker(worker::WorkerArgs),
+    /// Send a task message to the broker, like `celery call`, and optionally wait for its result.
+    Call(call::CallArgs),
 }
 
 /// Runs an async command on a multi-threaded tokio runtime and turns its result into an
@@ -58,6 +70,82 @@ pub fn run_async(command: impl std::future::Future<Output = anyhow::Result<i32>>
             exit::USAGE
         }
     }
+}
+
+/// The task to call and its arguments, shared by `run` and `call`.
+#[derive(Debug, clap::Args)]
+pub struct TaskCallOpts {
+    /// The Celery task name, e.g. tasks.add
+    pub name: String,
+    /// Positional arguments, a JSON array
+    #[arg(short, long, default_value = "[]", value_name = "JSON")]
+    pub args: String,
+    /// Keyword arguments, a JSON object
+    #[arg(short, long, default_value = "{}", value_name = "JSON")]
+    pub kwargs: String,
+}
+
+impl TaskCallOpts {
+    /// The arguments, checked to be a JSON array and a JSON object.
+    pub fn parsed(&self) -> anyhow::Result<(Vec<Value>, Map<String, Value>)> {
+        let args = match parse_json(&self.args, "--args")? {
+            Value::Array(args) => args,
+            _ => anyhow::bail!("--args must be a JSON array, e.g. '[2, 3]'"),
+        };
+        let kwargs = match parse_json(&self.kwargs, "--kwargs")? {
+            Value::Object(kwargs) => kwargs,
+            _ => anyhow::bail!("--kwargs must be a JSON object, e.g. '{{\"x\": 1}}'"),
+        };
+        Ok((args, kwargs))
+    }
+}
+
+fn parse_json(text: &str, flag: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("{flag} is not valid JSON: {text}"))
+}
+
+/// Where the broker and the result backend are, shared by `worker` and `call`.
+#[derive(Debug, clap::Args)]
+pub struct ConnectionOpts {
+    /// Broker URL
+    #[arg(short = 'b', long, env = "CELERY_BROKER_URL", default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// Result backend URL [default: the broker URL]
+    #[arg(long, env = "CELERY_RESULT_BACKEND")]
+    pub result_backend: Option<String>,
+}
+
+impl ConnectionOpts {
+    /// The result backend URL: the one given, else a Redis broker's own URL.
+    pub fn backend_url(&self) -> anyhow::Result<String> {
+        let is_redis = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
+        let url = match &self.result_backend {
+            Some(url) => url.clone(),
+            None if is_redis(&self.broker) => self.broker.clone(),
+            None => anyhow::bail!("--result-backend is required when the broker is not Redis"),
+        };
+        if !is_redis(&url) {
+            anyhow::bail!(
+                "unsupported result backend {} (only redis:// and rediss://)",
+                redact_password(&url)
+            );
+        }
+        Ok(url)
+    }
+
+    /// Connects to the broker.
+    pub async fn connect_broker(&self, options: RedisOptions) -> anyhow::Result<RedisBroker> {
+        RedisBroker::connect_with(&self.broker, options)
+            .await
+            .with_context(|| format!("broker {}", redact_password(&self.broker)))
+    }
+}
+
+/// Connects to the result backend at `url`.
+pub async fn connect_backend(url: &str) -> anyhow::Result<RedisBackend> {
+    RedisBackend::connect(RedisBackendConfig::new(url.to_owned()))
+        .await
+        .with_context(|| format!("result backend {}", redact_password(url)))
 }
 
 /// Where tasks come from, shared by the commands that load components.
@@ -164,6 +252,26 @@ mod tests {
                 "more",
             ],
             &["celeriac", "worker"],
+            &["celeriac", "call", "tasks.add", "-a", "[2, 3]"],
+            &[
+                "celeriac",
+                "call",
+                "tasks.add",
+                "--args",
+                "[2, 3]",
+                "--kwargs",
+                "{}",
+                "-Q",
+                "q1",
+                "--countdown",
+                "1.5",
+                "--expires",
+                "60",
+                "--wait",
+                "10",
+                "-b",
+                "redis://127.0.0.1:6379/1",
+            ],
             &[
                 "celeriac",
                 "worker",
@@ -221,6 +329,11 @@ mod tests {
             (&["celeriac", "worker-please"], ErrorKind::InvalidSubcommand),
             (
                 &["celeriac", "worker", "-c", "many"],
+                ErrorKind::ValueValidation,
+            ),
+            (&["celeriac", "call"], ErrorKind::MissingRequiredArgument),
+            (
+                &["celeriac", "call", "x", "--wait", "soon"],
                 ErrorKind::ValueValidation,
             ),
         ];

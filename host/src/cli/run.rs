@@ -4,14 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-use serde_json::Value;
+use anyhow::Context as _;
 
 use celeriac::registry::Registry;
-use celeriac::sandbox::{DeliveryInfo, EngineOptions, Invocation, Request, Sandbox, SandboxLimits};
+use celeriac::sandbox::{
+    DeliveryInfo, EngineOptions, Invocation, Request, RetryRequest, Sandbox, SandboxLimits,
+    TaskOptions,
+};
 use celeriac::worker::{self, CeleryException, HeaderTimeLimits, TaskState, TracingTaskEvents};
 
-use super::{LimitOpts, TasksOpts, exit};
+use super::{LimitOpts, TaskCallOpts, TasksOpts, exit};
 
 /// Longest countdown `run` waits for before a retry; a longer one would look like a hang.
 const MAX_LOCAL_RETRY_WAIT: Duration = Duration::from_secs(60);
@@ -19,14 +21,9 @@ const MAX_LOCAL_RETRY_WAIT: Duration = Duration::from_secs(60);
 /// `celeriac run` arguments.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The Celery task name, e.g. tasks.add
-    pub name: String,
-    /// Positional arguments, a JSON array
-    #[arg(short, long, default_value = "[]", value_name = "JSON")]
-    pub args: String,
-    /// Keyword arguments, a JSON object
-    #[arg(short, long, default_value = "{}", value_name = "JSON")]
-    pub kwargs: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub call: TaskCallOpts,
     /// Print the time taken and the peak memory on stderr
     #[arg(short, long)]
     pub verbose: bool,
@@ -44,14 +41,7 @@ pub fn main(args: RunArgs) -> i32 {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let task_args = parse_json(&args.args, "--args")?;
-    let task_kwargs = parse_json(&args.kwargs, "--kwargs")?;
-    if !task_args.is_array() {
-        bail!("--args must be a JSON array, e.g. '[2, 3]'");
-    }
-    if !task_kwargs.is_object() {
-        bail!("--kwargs must be a JSON object, e.g. '{{\"x\": 1}}'");
-    }
+    args.call.parsed()?;
     let mut worker_limits = SandboxLimits::new();
     if let Some(megabytes) = args.limits.memory_limit {
         worker_limits = worker_limits.memory_bytes(megabytes << 20);
@@ -64,9 +54,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let sandbox = Sandbox::new(&EngineOptions::default())?;
     let cache = args.tasks.cache();
     let registry = Registry::load_dir(&sandbox, &args.tasks.tasks_dir, cache.as_ref()).await?;
-    let Some(component) = registry.resolve(&args.name) else {
+    let Some(component) = registry.resolve(&args.call.name) else {
         // Celery's worker stores NotRegistered for an unknown name; say the same here.
-        eprintln!("NotRegistered: '{}'", args.name);
+        eprintln!("NotRegistered: '{}'", args.call.name);
         let known = registry.task_names().join(", ");
         eprintln!(
             "  tasks in {}: {}",
@@ -76,25 +66,25 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         return Ok(exit::TASK_FAILED);
     };
     let options = component
-        .task(&args.name)
+        .task(&args.call.name)
         .map(|task| task.options.clone())
         .context("task vanished from its component")?;
     let limits = worker::resolve_limits(&worker_limits, &options, header);
     limits.validate().map_err(anyhow::Error::msg)?;
 
     let task_id = uuid::Uuid::new_v4().to_string();
-    let args_json = args.args.clone();
-    let kwargs_json = args.kwargs.clone();
+    let args_json = args.call.args.clone();
+    let kwargs_json = args.call.kwargs.clone();
     let mut retries = 0u32;
     loop {
-        let request = local_request(&task_id, &args.name, retries);
+        let request = local_request(&task_id, &args.call.name, retries);
         let invocation = Invocation {
             request,
             args_json: args_json.clone(),
             kwargs_json: kwargs_json.clone(),
             limits: limits.clone(),
             events: Arc::new(TracingTaskEvents {
-                task_name: args.name.clone(),
+                task_name: args.call.name.clone(),
                 task_id: task_id.clone(),
             }),
         };
@@ -103,7 +93,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         if args.verbose {
             eprintln!(
                 "{}[{task_id}] ran in {:.6}s, peak memory {:.1} MiB (component {} {})",
-                args.name,
+                args.call.name,
                 started.elapsed().as_secs_f64(),
                 report.peak_memory_bytes as f64 / (1 << 20) as f64,
                 component.path.display(),
@@ -117,14 +107,15 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
             TaskState::Failure(exception) => return Ok(report_failure(&exception, args.verbose)),
             TaskState::Retry(retry) => {
-                let max_retries = retry.max_retries.or(options.max_retries).unwrap_or(3);
-                if !options.retry_forever && retries >= max_retries {
+                if let Some(limit) = worker::max_retries(&retry, &options)
+                    && retries >= limit
+                {
                     let exception =
-                        CeleryException::max_retries_exceeded(&args.name, &task_id, max_retries);
+                        CeleryException::max_retries_exceeded(&args.call.name, &task_id, limit);
                     return Ok(report_failure(&exception, args.verbose));
                 }
-                let wait = retry_wait(retry.countdown, options.default_retry_delay);
-                tracing::info!(task_name = %args.name, task_id = %task_id, retries, "Task {}[{task_id}] retry: in {:.3}s", args.name, wait.as_secs_f64());
+                let wait = retry_wait(&retry, &options);
+                tracing::info!(task_name = %args.call.name, task_id = %task_id, retries, "Task {}[{task_id}] retry: in {:.3}s", args.call.name, wait.as_secs_f64());
                 tokio::time::sleep(wait).await;
                 retries += 1;
             }
@@ -144,10 +135,6 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
 }
 
-fn parse_json(text: &str, flag: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text).with_context(|| format!("{flag} is not valid JSON: {text}"))
-}
-
 fn report_failure(exception: &CeleryException, verbose: bool) -> i32 {
     eprintln!("{}", exception.summary());
     if verbose && let Some(traceback) = &exception.traceback {
@@ -156,16 +143,13 @@ fn report_failure(exception: &CeleryException, verbose: bool) -> i32 {
     exit::TASK_FAILED
 }
 
-/// The countdown a local retry waits: the retry's, else the task's default delay (Celery's
-/// default is 180 s), never more than [`MAX_LOCAL_RETRY_WAIT`].
-fn retry_wait(countdown: Option<f64>, default_retry_delay: Option<f64>) -> Duration {
-    let seconds = countdown.or(default_retry_delay).unwrap_or(180.0);
-    let seconds = if seconds.is_finite() && seconds > 0.0 {
-        seconds
-    } else {
-        0.0
-    };
-    Duration::from_secs_f64(seconds).min(MAX_LOCAL_RETRY_WAIT)
+/// How long a local retry waits: until the retry's ETA (see [`worker::retry_eta`]), never
+/// more than [`MAX_LOCAL_RETRY_WAIT`].
+fn retry_wait(retry: &RetryRequest, options: &TaskOptions) -> Duration {
+    let now = worker::now_micros();
+    let eta = worker::retry_eta(retry, options, now);
+    let micros = u64::try_from(eta.unix_micros().saturating_sub(now)).unwrap_or(0);
+    Duration::from_micros(micros).min(MAX_LOCAL_RETRY_WAIT)
 }
 
 /// `self.request` of a local run: eager, no broker, the root of its own work-flow.

@@ -4,32 +4,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
-use celeriac::backend::{RedisBackend, RedisBackendConfig};
-use celeriac::broker::{RedisBroker, RedisOptions};
+use celeriac::broker::RedisOptions;
 use celeriac::registry::Registry;
 use celeriac::sandbox::{EngineOptions, Sandbox, SandboxLimits};
 use celeriac::url::redact_password;
 use celeriac::worker::{self, WorkerConfig};
 
-use super::{LimitOpts, TasksOpts, exit};
+use super::{ConnectionOpts, LimitOpts, TasksOpts, connect_backend, exit};
 
-/// The default broker, as Celery's `broker_url` for Redis.
-const DEFAULT_BROKER: &str = "redis://127.0.0.1:6379/0";
-
-/// How often unacked messages past their visibility timeout are restored.
-const RESTORE_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest wait between two sweeps for unacked messages past their visibility timeout.
+const MAX_RESTORE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// `celeriac worker` arguments.
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
-    /// Broker URL
-    #[arg(short = 'b', long, env = "CELERY_BROKER_URL", default_value = DEFAULT_BROKER)]
-    pub broker: String,
-    /// Result backend URL [default: the broker URL]
-    #[arg(long, env = "CELERY_RESULT_BACKEND")]
-    pub result_backend: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connection: ConnectionOpts,
     /// Queues to consume, comma-separated
     #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery")]
     pub queues: Vec<String>,
@@ -106,19 +97,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
         .map(|q| q.trim().to_owned())
         .filter(|q| !q.is_empty())
         .collect();
-    let backend_url = match &args.result_backend {
-        Some(url) => url.clone(),
-        None if args.broker.starts_with("redis://") || args.broker.starts_with("rediss://") => {
-            args.broker.clone()
-        }
-        None => anyhow::bail!("--result-backend is required when the broker is not Redis"),
-    };
-    if !backend_url.starts_with("redis://") && !backend_url.starts_with("rediss://") {
-        anyhow::bail!(
-            "unsupported result backend {} (only redis:// and rediss://)",
-            redact_password(&backend_url)
-        );
-    }
+    let backend_url = args.connection.backend_url()?;
 
     let mut limits = SandboxLimits::new()
         .time_limit(positive(args.limits.time_limit))
@@ -137,20 +116,12 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     if let Some(seconds) = args.visibility_timeout {
         options.visibility_timeout = Duration::from_secs(seconds);
     }
-    let broker = Arc::new(
-        RedisBroker::connect_with(&args.broker, options)
-            .await
-            .with_context(|| format!("broker {}", redact_password(&args.broker)))?,
-    );
-    let backend = Arc::new(
-        RedisBackend::connect(RedisBackendConfig::new(backend_url.clone()))
-            .await
-            .with_context(|| format!("result backend {}", redact_password(&backend_url)))?,
-    );
+    let broker = Arc::new(args.connection.connect_broker(options).await?);
+    let backend = Arc::new(connect_backend(&backend_url).await?);
 
     print_banner(
         &nodename,
-        &args.broker,
+        &args.connection.broker,
         &backend_url,
         concurrency,
         &queues,
@@ -165,11 +136,14 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     config.shutdown_timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
     config.drain_timeout = broker.options().polling_interval + Duration::from_secs(1);
 
-    // kombu's restore sweep: unacked messages past the visibility timeout go back.
+    // kombu's restore sweep: unacked messages past the visibility timeout go back. Twice
+    // per timeout, so a short timeout (a test, a fast fleet) recovers about as fast as set.
     let restorer = {
         let broker = Arc::clone(&broker);
+        let every = (broker.options().visibility_timeout / 2)
+            .clamp(Duration::from_secs(1), MAX_RESTORE_INTERVAL);
         tokio::spawn(async move {
-            let mut interval = tokio::time::interval(RESTORE_INTERVAL);
+            let mut interval = tokio::time::interval(every);
             loop {
                 interval.tick().await;
                 match broker.restore_visible().await {

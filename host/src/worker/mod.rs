@@ -4,13 +4,31 @@
 //!
 //! This is the only module that speaks in Celery's terms about guest failures; the sandbox
 //! reports outcomes and knows nothing of Celery's exception names.
+//!
+//! * [`run_loop`](run): fetching, reconnecting, warm shutdown;
+//! * `delivery`: one message from arrival to ack (revoked and expired messages, ETAs,
+//!   early and late acks);
+//! * `execution`: one task run and the state it leaves; `retry`: what a retry publishes;
+//! * `state_updates`: `update_state` from a running guest; `revoked`: the revoked ids.
 
 mod celery_state;
-mod consumer;
+mod clock;
+mod config;
+mod delivery;
+mod execution;
 mod limits;
+mod log_format;
+mod retry;
+mod revoked;
+mod run_loop;
+mod state_updates;
 mod task_log;
 
 pub use celery_state::{CeleryException, TaskState, task_state};
-pub use consumer::{WorkerConfig, WorkerError, run};
+pub use clock::now_micros;
+pub use config::{WorkerConfig, WorkerError};
 pub use limits::{HeaderTimeLimits, resolve_limits};
+pub use retry::{max_retries, retry_eta, retry_message};
+pub use revoked::RevokedTasks;
+pub use run_loop::run;
 pub use task_log::TracingTaskEvents;

@@ -1,0 +1,188 @@
+//! One delivery from arrival to its final ack or reject: decode it, resolve its task,
+//! discard it when revoked or expired, wait for its ETA and a free slot, ack it early or
+//! late, and run it.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::backend::{ExceptionInfo, ResultBackend, TaskMeta};
+use crate::broker::{Broker, Consumer, Delivery};
+use crate::protocol::{self, Disposition, TaskMessage};
+
+use super::clock;
+use super::execution::{Settle, TaskRun, store};
+use super::run_loop::WorkerContext;
+
+/// Handles one delivery; every path ends with the message acked, rejected or given back.
+pub async fn handle<B: Broker, R: ResultBackend + 'static>(
+    worker: Arc<WorkerContext<B, R>>,
+    delivery: Delivery,
+) {
+    let consumer = &worker.consumer;
+    let message = match protocol::decode(&delivery.raw()) {
+        Ok(message) => message,
+        Err(err) => {
+            tracing::error!(
+                "{err} (delivery tag {}, queue {})",
+                delivery.delivery_tag(),
+                delivery.queue
+            );
+            let settle = match err.disposition() {
+                Disposition::AckAndDrop => Settle::Ack,
+                Disposition::RejectWithoutRequeue => Settle::Reject { requeue: false },
+            };
+            finish(consumer, &delivery, settle).await;
+            return;
+        }
+    };
+    let Some(component) = worker.registry.resolve(&message.task).cloned() else {
+        reject_unregistered(&worker, &delivery, &message).await;
+        return;
+    };
+    let options = component
+        .task(&message.task)
+        .map(|info| info.options.clone())
+        .unwrap_or_default();
+    let ignore_result = message
+        .ignore_result
+        .unwrap_or(options.ignore_result == Some(true));
+    tracing::info!("Task {}[{}] received", message.task, message.id);
+    if discard_if_revoked(&worker, &delivery, &message, ignore_result).await {
+        return;
+    }
+
+    let Some(_slot) = wait_until_due(&worker, &message).await else {
+        finish(consumer, &delivery, Settle::Reject { requeue: true }).await;
+        return;
+    };
+    // An ETA may have outlived the expiry, or a revoke may have come meanwhile.
+    if discard_if_revoked(&worker, &delivery, &message, ignore_result).await {
+        return;
+    }
+
+    let acks_late = worker.config.acks_late || options.acks_late == Some(true);
+    if !acks_late {
+        finish(consumer, &delivery, Settle::Ack).await;
+    }
+    let run = TaskRun {
+        worker: &worker,
+        message: &message,
+        delivery: &delivery,
+        options: &options,
+        ignore_result,
+    };
+    if options.track_started == Some(true) && !ignore_result {
+        let started = TaskMeta::started(&message.id, std::process::id(), &worker.config.nodename);
+        // STARTED is informative: the task runs even when it cannot be written.
+        let _ = run.store(started).await;
+    }
+    let settle = run.execute(&component.prepared).await;
+    if acks_late {
+        finish(consumer, &delivery, settle).await;
+    } else if settle == (Settle::Reject { requeue: true }) {
+        tracing::warn!(
+            "Task {}[{}] should go back to the queue, but its message was acked when it started",
+            message.task,
+            message.id
+        );
+    }
+}
+
+/// Waits for the message's ETA (lending its prefetch slot meanwhile) and then for a free
+/// task slot; `None` when the worker began to stop first.
+async fn wait_until_due<B: Broker, R: ResultBackend>(
+    worker: &WorkerContext<B, R>,
+    message: &TaskMessage,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let mut stopping = worker.stopping.clone();
+    let wait = async {
+        if let Some(eta) = &message.eta {
+            let delay = clock::until(eta.unix_micros());
+            if !delay.is_zero() {
+                let _hold = worker.consumer.hold_for_eta();
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Arc::clone(&worker.slots).acquire_owned().await.ok()
+    };
+    let slot = tokio::select! {
+        biased;
+        _ = stopping.wait_for(|stop| *stop) => None,
+        slot = wait => slot,
+    };
+    slot.filter(|_| !*worker.stopping.borrow())
+}
+
+/// Celery's `Request.revoked()`: a message whose id is revoked or whose `expires` has
+/// passed is acked without running, with REVOKED stored. True when it was discarded.
+async fn discard_if_revoked<B: Broker, R: ResultBackend>(
+    worker: &WorkerContext<B, R>,
+    delivery: &Delivery,
+    message: &TaskMessage,
+    ignore_result: bool,
+) -> bool {
+    let expired = message
+        .expires
+        .as_ref()
+        .is_some_and(|expires| clock::has_passed(expires.unix_micros()));
+    if expired {
+        worker.revoked.insert(&message.id);
+    } else if !worker.revoked.contains(&message.id) {
+        return false;
+    }
+    tracing::info!("Discarding revoked task: {}[{}]", message.task, message.id);
+    if !ignore_result {
+        let reason = [Value::from(if expired { "expired" } else { "revoked" })];
+        let meta = TaskMeta::revoked(
+            &message.id,
+            ExceptionInfo {
+                exc_type: "TaskRevokedError",
+                exc_module: "celery.exceptions",
+                exc_message: &reason,
+            },
+        );
+        // Celery acks a revoked message whether or not REVOKED could be written.
+        let _ = store(&*worker.backend, &meta).await;
+    }
+    finish(&worker.consumer, delivery, Settle::Ack).await;
+    true
+}
+
+/// Celery's NotRegistered path: FAILURE stored, message rejected without requeue.
+async fn reject_unregistered<B: Broker, R: ResultBackend>(
+    worker: &WorkerContext<B, R>,
+    delivery: &Delivery,
+    message: &TaskMessage,
+) {
+    tracing::error!(
+        "Received unregistered task of type '{}' (id {}). The message has been rejected.",
+        message.task,
+        message.id
+    );
+    let args = [Value::from(message.task.clone())];
+    let meta = TaskMeta::failure(
+        &message.id,
+        ExceptionInfo {
+            exc_type: "NotRegistered",
+            exc_module: "celery.exceptions",
+            exc_message: &args,
+        },
+        None,
+    );
+    let _ = store(&*worker.backend, &meta).await;
+    finish(&worker.consumer, delivery, Settle::Reject { requeue: false }).await;
+}
+
+/// Acks or rejects `delivery`, logging a failure (the message then comes back by itself:
+/// on reconnect, or after the visibility timeout).
+pub async fn finish<B: Broker>(consumer: &Consumer<B>, delivery: &Delivery, settle: Settle) {
+    let tag = delivery.delivery_tag();
+    let result = match settle {
+        Settle::Ack => consumer.ack(tag).await,
+        Settle::Reject { requeue } => consumer.reject(tag, requeue).await,
+    };
+    if let Err(err) = result {
+        tracing::error!("cannot settle delivery {tag} ({settle:?}): {err}");
+    }
+}

@@ -1,0 +1,120 @@
+//! The worker loop: fetches deliveries through the [`Consumer`], hands each to its own
+//! task, reconnects with backoff when the broker goes away, and shuts down warmly.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::backend::ResultBackend;
+use crate::broker::{Broker, Consumer};
+use crate::registry::Registry;
+use crate::sandbox::Sandbox;
+
+use super::delivery::{finish, handle};
+use super::execution::Settle;
+use super::{RevokedTasks, WorkerConfig, WorkerError};
+
+/// The first and the longest wait before fetching again after a broker error.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What every delivery handler shares.
+pub struct WorkerContext<B: Broker, R: ResultBackend> {
+    /// How the worker runs.
+    pub config: WorkerConfig,
+    /// Where tasks run.
+    pub sandbox: Sandbox,
+    /// Task name → component.
+    pub registry: Arc<Registry>,
+    /// Deliveries in, acks and rejects out.
+    pub consumer: Arc<Consumer<B>>,
+    /// Where states go.
+    pub backend: Arc<R>,
+    /// One permit per running task.
+    pub slots: Arc<Semaphore>,
+    /// Ids of tasks not to run.
+    pub revoked: Arc<RevokedTasks>,
+    /// Turns true when the worker begins to stop.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// Consumes `config.queues` until `shutdown` resolves, then shuts down warmly: stops
+/// fetching, gives back every delivery that has not started, and waits for running tasks
+/// up to `config.shutdown_timeout`.
+pub async fn run<B, R>(
+    config: WorkerConfig,
+    sandbox: Sandbox,
+    registry: Arc<Registry>,
+    broker: Arc<B>,
+    backend: Arc<R>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError>
+where
+    B: Broker,
+    R: ResultBackend + 'static,
+{
+    config.validate()?;
+    let consumer = Arc::new(Consumer::new(broker, config.queues.clone(), config.prefetch()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = Arc::new(WorkerContext {
+        slots: Arc::new(Semaphore::new(config.concurrency)),
+        config,
+        sandbox,
+        registry,
+        consumer: Arc::clone(&consumer),
+        backend,
+        revoked: Arc::default(),
+        stopping: stop_rx,
+    });
+
+    let mut tasks = JoinSet::new();
+    let mut backoff = FIRST_BACKOFF;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            next = consumer.next() => match next {
+                Ok(delivery) => {
+                    if backoff > FIRST_BACKOFF {
+                        tracing::info!("consumer: connected again; consuming");
+                    }
+                    backoff = FIRST_BACKOFF;
+                    tasks.spawn(handle(Arc::clone(&worker), delivery));
+                }
+                Err(err) => {
+                    tracing::error!("consumer: {err}; retrying in {:.1}s", backoff.as_secs_f64());
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+
+    tracing::info!("worker: warm shutdown: no new tasks; waiting for running tasks");
+    let _ = stop_tx.send(true);
+    // Fetched but not handed out, or landed by a fetch the shutdown cancelled: give back.
+    for delivery in consumer.take_unstarted(worker.config.drain_timeout).await {
+        finish(&consumer, &delivery, Settle::Reject { requeue: true }).await;
+    }
+    let drained = tokio::time::timeout(worker.config.shutdown_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "worker: {} task(s) still running after {:.1}s; abandoning them (their messages \
+             return after the visibility timeout when acked late)",
+            tasks.len(),
+            worker.config.shutdown_timeout.as_secs_f64()
+        );
+        tasks.shutdown().await;
+    }
+    Ok(())
+}

@@ -47,6 +47,13 @@ def sleep(seconds):
     return seconds
 
 
+@app.task(track_started=True)
+def tracked_sleep(seconds):
+    """Like ``sleep``, but the worker reports ``STARTED`` while it runs (``track_started``)."""
+    time.sleep(seconds)
+    return seconds
+
+
 @app.task
 def spin():
     """Never returns: a pure-Python busy loop, for time-limit tests."""

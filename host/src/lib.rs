@@ -8,7 +8,8 @@
 //!   compression. Pure: no I/O, no other celeriac module.
 //! * [`broker`]: the `Broker` trait and its transports (kombu's Redis transport on the wire).
 //! * [`backend`]: the `ResultBackend` trait and Celery's Redis result backend.
-//! * [`url`]: broker and backend URL helpers shared by the transports.
+//! * [`url`]: broker and backend URL helpers shared by the transports; [`redis_url`]:
+//!   Redis clients from Celery's `redis://` and `rediss://` URLs.
 //! * [`sandbox`]: runs one task invocation in a fresh, limited wasmtime instance and reports
 //!   an outcome. Knows nothing of brokers.
 //! * [`registry`]: task name → component; loads a tasks directory, validates components,
@@ -22,6 +23,7 @@
 pub mod backend;
 pub mod broker;
 pub mod protocol;
+pub mod redis_url;
 pub mod registry;
 pub mod sandbox;
 pub mod url;

@@ -1,18 +1,24 @@
 """Fixtures for the interoperability tests: a real `celeriac worker` on the machine's Redis,
 serving the example components, and an unmodified Celery client pointed at it.
 
-Each test session uses its own queue, so nothing else on the Redis server is touched.
+Each test session uses its own queue, so nothing else on the Redis server is touched. Tests
+that need a worker of their own (other options, or started only after messages are queued)
+start one with `start_celeriac_worker` on a `unique_queue`.
 """
 
 import os
 import pathlib
 import queue
+import re
+import signal
+import socket
 import subprocess
 import threading
 import time
 import uuid
 
 import pytest
+import redis
 from celery import Celery
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -20,6 +26,197 @@ CELERIAC = ROOT / "target" / "release" / "celeriac"
 TASKS = ROOT / "target" / "wasm-tasks"
 REDIS_URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 READY_TIMEOUT = 90
+STOP_TIMEOUT = 30
+#: kombu's Redis transport keeps priority 3, 6 and 9 messages of queue `q` in the lists
+#: `q\x06\x163`, `q\x06\x166`, `q\x06\x169`, next to `q` for 0 (its default `sep`, `priority_steps`).
+PRIORITY_SEP = "\x06\x16"
+
+
+def worker_env(overrides=None):
+    """The environment a worker runs with: ours without any `CELERY_*`/`CELERIAC_*`
+    variable, pointed at the test Redis, then `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "CELERIAC_"))}
+    env["CELERY_BROKER_URL"] = REDIS_URL
+    env["CELERY_RESULT_BACKEND"] = REDIS_URL
+    env["CELERIAC_CACHE_DIR"] = str(ROOT / "target" / "test-compile-cache")
+    env.update(overrides or {})
+    return env
+
+
+class WorkerProcess:
+    """A worker process (`celeriac worker` or `celery worker`) started at construction, with
+    every line it has logged so far in `log` (stdout and stderr together)."""
+
+    def __init__(self, name, argv, env):
+        self.name = name
+        self.log = []
+        self._lines = queue.Queue()
+        self.process = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.process.stdout:
+            self.log.append(line)
+            self._lines.put(line)
+
+    def output(self):
+        return "".join(self.log)
+
+    def wait_ready(self):
+        """Returns self once the worker has logged `ready.`; fails (killing it) if it exits
+        or takes longer than READY_TIMEOUT."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.process.poll() is not None:
+                self.process.kill()
+                raise AssertionError(f"{self.name} did not become ready:\n{self.output()}")
+            try:
+                if "ready." in self._lines.get(timeout=min(remaining, 1.0)):
+                    return self
+            except queue.Empty:
+                continue
+
+    def task_ids(self, event):
+        """The ids of the tasks the worker logged `event` for ("received", "succeeded"), in
+        log order."""
+        pattern = re.compile(r"Task \S+\[([^\]]+)\] " + re.escape(event) + r"\b")
+        return [match.group(1) for line in list(self.log) for match in pattern.finditer(line)]
+
+    def stop(self):
+        """SIGTERM, then waits for the warm shutdown; fails if it takes too long."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(
+                f"{self.name} did not stop within {STOP_TIMEOUT} s of SIGTERM:\n{self.output()}"
+            )
+
+    def kill(self):
+        """SIGKILL: no shutdown at all."""
+        self.process.kill()
+        self.process.wait()
+
+
+def start_celeriac(task_queue, *options, concurrency=2, env_overrides=None):
+    """Starts `celeriac worker -Q task_queue -c concurrency -l info *options` with the
+    example components, on the test Redis unless `env_overrides` says otherwise, and
+    returns it once it is ready."""
+    assert CELERIAC.is_file(), f"{CELERIAC} is missing: run scripts/test.sh (it builds it)"
+    assert (TASKS / "tasks.wasm").is_file(), f"{TASKS} has no tasks.wasm: run scripts/build-examples.sh"
+    argv = [str(CELERIAC), "worker", "--tasks", str(TASKS), "-Q", task_queue,
+            "-c", str(concurrency), "-l", "info", *options]
+    return WorkerProcess("celeriac worker", argv, worker_env(env_overrides)).wait_ready()
+
+
+def make_certificates(directory):
+    """A test CA and a server certificate it signed for localhost and 127.0.0.1 (a
+    self-signed CA certificate cannot serve as the server's own: rustls refuses it), as
+    (ca.pem, cert.pem, key.pem) paths in `directory`."""
+    ca, ca_key = directory / "ca.pem", directory / "ca-key.pem"
+    cert, key, request = directory / "cert.pem", directory / "key.pem", directory / "cert.csr"
+    extensions = directory / "cert.ext"
+    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for argv in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", ca_key,
+         "-out", ca, "-subj", "/CN=celeriac test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", request,
+         "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-days", "2", "-out", cert, "-extfile", extensions],
+    ):
+        subprocess.run(["openssl", *map(str, argv)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+class RedisServer:
+    """A private `redis-server` in `directory`, for tests that restart it or need settings
+    of their own. With `persistent`, every write reaches the append-only file before Redis
+    answers it, so a restart keeps the queues. With `tls`, it listens for TLS only, with a
+    self-signed certificate made in `directory`, and `url` is a Celery `rediss://` URL
+    that trusts it."""
+
+    def __init__(self, directory, persistent=False, tls=False):
+        self.directory = directory
+        self.persistent = persistent
+        self.tls = tls
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        if tls:
+            self.ca, self.cert, self.key = make_certificates(directory)
+            self.url = (f"rediss://127.0.0.1:{self.port}/0"
+                        f"?ssl_cert_reqs=required&ssl_ca_certs={self.ca}")
+        else:
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self):
+        if self.persistent:
+            persistence = ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            persistence = ["--appendonly", "no"]
+        if self.tls:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.cert),
+                      "--tls-key-file", str(self.key), "--tls-auth-clients", "no"]
+        else:
+            listen = ["--port", str(self.port)]
+        self.process = subprocess.Popen(
+            ["redis-server", *listen, "--bind", "127.0.0.1", "--save", "",
+             "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log"), *persistence],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client().ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise AssertionError(f"redis-server on port {self.port} did not start:\n{self.log()}")
+                time.sleep(0.05)
+
+    def stop(self):
+        """SIGTERM: Redis's own clean shutdown, which flushes the append-only file."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=10)
+
+    def client(self):
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def env(self):
+        """Worker environment pointing broker and result backend at this server."""
+        return {"CELERY_BROKER_URL": self.url, "CELERY_RESULT_BACKEND": self.url}
+
+    def log(self):
+        path = self.directory / "redis.log"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def start_redis(tmp_path):
+    """Starts private Redis servers for one test (`start_redis(persistent=False, tls=False)`);
+    they are stopped when the test ends, after its workers."""
+    servers = []
+
+    def start(persistent=False, tls=False):
+        directory = tmp_path / f"redis-{len(servers)}"
+        directory.mkdir()
+        server = RedisServer(directory, persistent, tls)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -27,56 +224,70 @@ def task_queue():
     return f"interop-{uuid.uuid4()}"
 
 
+@pytest.fixture
+def unique_queue(redis_client):
+    """A queue name no other test uses; its lists and kombu binding are deleted after the
+    test."""
+    name = f"interop-{uuid.uuid4()}"
+    yield name
+    redis_client.delete(
+        name, *(f"{name}{PRIORITY_SEP}{step}" for step in (3, 6, 9)), f"_kombu.binding.{name}"
+    )
+
+
 @pytest.fixture(scope="session")
 def celeriac_worker(task_queue):
     """A `celeriac worker` consuming `task_queue`; its log lines are kept for assertions."""
-    assert CELERIAC.is_file(), f"{CELERIAC} is missing: run scripts/test.sh (it builds it)"
-    assert (TASKS / "tasks.wasm").is_file(), f"{TASKS} has no tasks.wasm: run scripts/build-examples.sh"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "CELERIAC_"))}
-    env["CELERY_BROKER_URL"] = REDIS_URL
-    env["CELERY_RESULT_BACKEND"] = REDIS_URL
-    env["CELERIAC_CACHE_DIR"] = str(ROOT / "target" / "test-compile-cache")
-    process = subprocess.Popen(
-        [str(CELERIAC), "worker", "--tasks", str(TASKS), "-Q", task_queue, "-c", "2", "-l", "info"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = queue.Queue()
-    log = []
+    worker = start_celeriac(task_queue)
+    yield worker.log
+    worker.stop()
 
-    def pump():
-        for line in process.stdout:
-            log.append(line)
-            lines.put(line)
 
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or process.poll() is not None:
-            process.kill()
-            raise AssertionError("celeriac worker did not become ready:\n" + "".join(log))
-        try:
-            if "ready." in lines.get(timeout=min(remaining, 1.0)):
-                break
-        except queue.Empty:
-            continue
-    yield log
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise AssertionError("celeriac worker did not stop within 30 s of SIGTERM:\n" + "".join(log))
+@pytest.fixture
+def start_celeriac_worker():
+    """Starts extra workers for one test: `start_celeriac_worker(queue, *options, **kw)`
+    takes `start_celeriac`'s arguments and returns a ready `WorkerProcess`; every worker it
+    started is stopped when the test ends."""
+    started = []
+
+    def start(task_queue, *options, **kw):
+        worker = start_celeriac(task_queue, *options, **kw)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
 
 
 @pytest.fixture(scope="session")
-def app(task_queue):
-    """An unmodified Celery client on the same Redis, sending to the worker's queue."""
-    client = Celery("interop", broker=REDIS_URL, backend=REDIS_URL)
-    client.conf.task_default_queue = task_queue
-    client.conf.result_expires = 600
+def make_client(task_queue):
+    """Builds Celery clients on the test Redis sending to `task_queue`, each with extra
+    settings (`make_client(accept_content=[...])`); they are closed at the end."""
+    clients = []
+
+    def make(**settings):
+        client = Celery("interop", broker=REDIS_URL, backend=REDIS_URL)
+        client.conf.task_default_queue = task_queue
+        client.conf.result_expires = 600
+        client.conf.update(settings)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    """A plain redis-py client on the test Redis, to look at what a client queued."""
+    client = redis.Redis.from_url(REDIS_URL)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def app(make_client):
+    """An unmodified Celery client on the same Redis, sending to the worker's queue."""
+    return make_client()

@@ -20,7 +20,7 @@
 //!
 //! `redis://[[username]:password@]host[:port][/db]`, as Celery's `result_backend`
 //! (port 6379 and DB 0 by default); `redis+unix:///path/to/socket[?db=N]` for a Unix
-//! socket. `rediss://` (TLS) is refused: this build has no TLS support.
+//! socket; `rediss://` for TLS, with Celery's `ssl_*` query options ([`crate::redis_url`]).
 //!
 //! # Options and defaults
 //!
@@ -33,9 +33,10 @@
 
 use std::time::Duration;
 
+use ::redis::RedisError;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError};
 
+use crate::redis_url;
 use crate::url::redact_password;
 
 use super::{BackendError, ResultBackend, ResultState, StoreOutcome, TaskMeta, stored_status};
@@ -139,13 +140,7 @@ impl RedisBackend {
     /// Connects to the server of `config`; fails if it cannot be reached now.
     pub async fn connect(config: RedisBackendConfig) -> Result<RedisBackend, BackendError> {
         let url = redact_password(&config.url);
-        if config.url.starts_with("rediss://") {
-            return Err(BackendError::InvalidUrl {
-                url,
-                reason: "rediss:// (TLS) is not supported by this build".to_owned(),
-            });
-        }
-        let client = Client::open(config.url.as_str()).map_err(|err| BackendError::InvalidUrl {
+        let client = redis_url::client(&config.url).map_err(|err| BackendError::InvalidUrl {
             url: url.clone(),
             reason: err.to_string(),
         })?;
@@ -263,10 +258,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rediss_url_is_refused_as_invalid() {
-        let err = RedisBackend::connect(RedisBackendConfig::new("rediss://:pw@h:6380/0"))
+    async fn an_unreadable_ca_file_is_an_invalid_url_without_the_password() {
+        let url = "rediss://:pw@h:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/no/such/ca.pem";
+        let err = RedisBackend::connect(RedisBackendConfig::new(url))
             .await
-            .expect_err("no TLS in this build");
+            .expect_err("the CA file is missing");
         assert!(matches!(err, BackendError::InvalidUrl { .. }), "{err}");
         assert!(err.to_string().contains("rediss://:***@h:6380/0"), "{err}");
         assert!(!err.is_connection());

@@ -426,18 +426,21 @@ impl<B: Broker> Consumer<B> {
         Some(permits)
     }
 
-    /// Acks a delivery and frees its prefetch slot.
+    /// Acks a delivery and frees its prefetch slot, even when the broker call fails: a
+    /// message the broker did not hear about stays unacked there and comes back by itself
+    /// (reconnect, visibility timeout), so holding its slot would only shrink the worker.
     pub async fn ack(&self, delivery_tag: &str) -> Result<(), BrokerError> {
-        self.broker.ack(delivery_tag).await?;
+        let acked = self.broker.ack(delivery_tag).await;
         self.settle(delivery_tag);
-        Ok(())
+        acked
     }
 
-    /// Rejects a delivery (see [`Broker::reject`]) and frees its prefetch slot.
+    /// Rejects a delivery (see [`Broker::reject`]) and frees its prefetch slot, even when
+    /// the broker call fails (as [`Consumer::ack`]).
     pub async fn reject(&self, delivery_tag: &str, requeue: bool) -> Result<(), BrokerError> {
-        self.broker.reject(delivery_tag, requeue).await?;
+        let rejected = self.broker.reject(delivery_tag, requeue).await;
         self.settle(delivery_tag);
-        Ok(())
+        rejected
     }
 
     /// Delivery tags handed out and not yet acked or rejected.

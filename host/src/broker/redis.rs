@@ -17,8 +17,8 @@
 //!
 //! # Connection string
 //!
-//! `redis://[:password@]host:port/db` or `rediss://` for TLS (needs the `redis` crate's
-//! TLS feature, which this build does not enable: such URLs are refused).
+//! `redis://[:password@]host:port/db`, or `rediss://` for TLS with Celery's `ssl_cert_reqs`,
+//! `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile` query options ([`crate::redis_url`]).
 //!
 //! # Options ([`RedisOptions`], kombu's transport options)
 //!
@@ -43,6 +43,7 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use serde_json::{Map, Value, json};
 
+use crate::redis_url;
 use crate::url::redact_password;
 
 use super::{
@@ -165,7 +166,7 @@ impl RedisBroker {
 
     /// Connects to `url` with `options`.
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, BrokerError> {
-        let client = Client::open(url).map_err(|e| BrokerError::InvalidUrl {
+        let client = redis_url::client(url).map_err(|e| BrokerError::InvalidUrl {
             transport: TRANSPORT,
             url: redact_password(url),
             reason: e.to_string(),

@@ -95,9 +95,7 @@ impl Serializer {
             Serializer::Yaml => {
                 let text =
                     std::str::from_utf8(body).map_err(|err| format!("body is not UTF-8: {err}"))?;
-                serde_norway::from_str::<KombuValue>(text)
-                    .map(|v| v.0)
-                    .map_err(|err| err.to_string())
+                from_yaml(text)
             }
             Serializer::Raw => Ok(match std::str::from_utf8(body) {
                 Ok(text) => Value::String(text.to_owned()),
@@ -105,6 +103,30 @@ impl Serializer {
             }),
         }
     }
+}
+
+/// Parses a YAML body into kombu JSON's representation.
+///
+/// libyaml expands a core tag such as `!!binary` (how `yaml.safe_dump` writes `bytes`) to
+/// `tag:yaml.org,2002:binary`, and serde_norway passes such a node on as its plain text, so
+/// bytes would arrive as a base64 string. A `%TAG !! !` directive turns the core tags into
+/// local ones, which serde_norway hands to [`KombuValue`] by name. A body with its own
+/// directives or document markers (a line starting `%`, `---` or `...`; `yaml.safe_dump`
+/// writes none) cannot take the directive and is parsed as it is.
+///
+/// Known gap: `yaml.safe_load` also turns *plain* scalars that look like timestamps
+/// (`2024-01-02 03:04:05+00:00`, `2024-01-02`) into `datetime`/`date` objects. serde_norway
+/// does not say whether a scalar was plain or quoted, so they stay strings here.
+fn from_yaml(text: &str) -> Result<Value, String> {
+    let has_markers = text
+        .lines()
+        .any(|line| line.starts_with('%') || line.starts_with("---") || line.starts_with("..."));
+    let parsed = if has_markers {
+        serde_norway::from_str::<KombuValue>(text)
+    } else {
+        serde_norway::from_str::<KombuValue>(&format!("%TAG !! !\n---\n{text}"))
+    };
+    parsed.map(|v| v.0).map_err(|err| err.to_string())
 }
 
 /// A body compression, named on the wire by the `compression` header.
@@ -385,6 +407,49 @@ mod tests {
                 null
             ])
         );
+    }
+
+    #[test]
+    fn yaml_binary_becomes_bytes_markers() {
+        // yaml.safe_dump(((b"abc", b"\xff\x00", "!!binary x", {1, 2}), {"k": b"x" * 60}, None))
+        let yaml = "- - !!binary |\n    YWJj\n  - !!binary |\n    /wA=\n  - '!!binary x'\n  - !!set\n    1: null\n    2: null\n- k: !!binary |\n    eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4\n    eHh4\n- null\n";
+        let value = Serializer::Yaml.deserialize(yaml.as_bytes()).expect("yaml");
+        assert_eq!(
+            value,
+            json!([
+                [
+                    {"__type__": "bytes", "__value__": "abc"},
+                    {"__type__": "base64", "__value__": "/wA="},
+                    "!!binary x",
+                    {"1": null, "2": null}
+                ],
+                {"k": {"__type__": "bytes", "__value__": "x".repeat(60)}},
+                null
+            ])
+        );
+    }
+
+    #[test]
+    fn yaml_core_tags_keep_their_meaning() {
+        let yaml = "[!!str 5, !!int 7, !!null null, !!bool true, !!float 1.5]";
+        let value = Serializer::Yaml.deserialize(yaml.as_bytes()).expect("yaml");
+        assert_eq!(value, json!(["5", 7, null, true, 1.5]));
+    }
+
+    #[test]
+    fn yaml_with_its_own_directives_or_documents_still_parses() {
+        for yaml in [
+            "%YAML 1.1\n---\n- 1\n",
+            "--- [1]\n",
+            "# comment\n---\n[1]\n",
+        ] {
+            let value = Serializer::Yaml.deserialize(yaml.as_bytes()).expect(yaml);
+            assert_eq!(value, json!([1]), "{yaml}");
+        }
+        let err = Serializer::Yaml
+            .deserialize(b"- !!binary |\n    not base64!\n")
+            .expect_err("not base64");
+        assert!(err.contains("invalid !!binary value"), "{err}");
     }
 
     #[test]

@@ -29,7 +29,9 @@ use std::fmt;
 use std::ops::Range;
 
 use base64::Engine as _;
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    Deserialize, Deserializer, EnumAccess, Error as _, MapAccess, SeqAccess, VariantAccess, Visitor,
+};
 use serde_json::{Map, Number, Value};
 
 /// The key of a literal marker object (see the module docs).
@@ -342,6 +344,27 @@ impl<'de> Visitor<'de> for KombuValueVisitor {
 
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         KombuValue::deserialize(d).map(|v| v.0)
+    }
+
+    /// A tagged YAML node. serde_norway hands over only local tags (`!name`), so YAML is
+    /// parsed with the `!!` handle redefined as `!` (see `content::Serializer::deserialize`)
+    /// and the core tags `yaml.safe_dump` writes arrive here: `binary` becomes a kombu bytes
+    /// marker, as `yaml.safe_load` gives `bytes`; `str` keeps the scalar's text; any other
+    /// tag (`set`, ...) keeps the node's value.
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        let (tag, node) = data.variant::<String>()?;
+        match tag.as_str() {
+            "binary" => {
+                let text: String = node.newtype_variant()?;
+                let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(compact)
+                    .map_err(|err| A::Error::custom(format!("invalid !!binary value: {err}")))?;
+                Ok(bytes_marker(&bytes))
+            }
+            "str" => node.newtype_variant::<String>().map(Value::String),
+            _ => node.newtype_variant::<KombuValue>().map(|v| v.0),
+        }
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {

@@ -12,6 +12,7 @@ use crate::protocol::{self, Disposition, TaskMessage};
 
 use super::clock;
 use super::execution::{Settle, TaskRun, store};
+use super::reconnect::retrying;
 use super::run_loop::WorkerContext;
 
 /// Handles one delivery; every path ends with the message acked, rejected or given back.
@@ -171,17 +172,26 @@ async fn reject_unregistered<B: Broker, R: ResultBackend>(
         None,
     );
     let _ = store(&*worker.backend, &meta).await;
-    finish(&worker.consumer, delivery, Settle::Reject { requeue: false }).await;
+    finish(
+        &worker.consumer,
+        delivery,
+        Settle::Reject { requeue: false },
+    )
+    .await;
 }
 
-/// Acks or rejects `delivery`, logging a failure (the message then comes back by itself:
-/// on reconnect, or after the visibility timeout).
+/// Acks or rejects `delivery`, riding out a dropped connection, and logs a failure (the
+/// message then comes back by itself: on reconnect, or after the visibility timeout).
 pub async fn finish<B: Broker>(consumer: &Consumer<B>, delivery: &Delivery, settle: Settle) {
     let tag = delivery.delivery_tag();
-    let result = match settle {
-        Settle::Ack => consumer.ack(tag).await,
-        Settle::Reject { requeue } => consumer.reject(tag, requeue).await,
-    };
+    let what = || format!("settling delivery {tag} ({settle:?})");
+    let result = retrying(what, || async move {
+        match settle {
+            Settle::Ack => consumer.ack(tag).await,
+            Settle::Reject { requeue } => consumer.reject(tag, requeue).await,
+        }
+    })
+    .await;
     if let Err(err) = result {
         tracing::error!("cannot settle delivery {tag} ({settle:?}): {err}");
     }

@@ -12,6 +12,7 @@ use crate::protocol::TaskMessage;
 use crate::sandbox::{Invocation, Prepared, Request, TaskOptions};
 
 use super::log_format::{python_args, truncate};
+use super::reconnect::retrying;
 use super::retry::{max_retries, retry_eta, retry_message};
 use super::run_loop::WorkerContext;
 use super::state_updates::StateUpdates;
@@ -32,10 +33,19 @@ pub enum Settle {
     },
 }
 
-/// Stores `meta`, logging a failure; the error is returned so a late-acked message can
-/// stay in the queue when its final state could not be written.
+/// Stores `meta`, riding out a dropped connection, and logs a failure; the error is
+/// returned so a late-acked message can stay in the queue when its final state could not
+/// be written.
 pub async fn store<R: ResultBackend>(backend: &R, meta: &TaskMeta) -> Result<(), BackendError> {
-    backend.store(meta).await.map(drop).inspect_err(|err| {
+    let what = || {
+        format!(
+            "storing {} for task {}",
+            meta.state().as_str(),
+            meta.task_id()
+        )
+    };
+    let stored = retrying(what, || backend.store(meta)).await;
+    stored.map(drop).inspect_err(|err| {
         tracing::error!(
             "cannot store {} for task {}: {err}",
             meta.state().as_str(),
@@ -112,7 +122,10 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
         updates.finish().await;
 
         let stored = match report {
-            Ok(report) => self.report(super::task_state(&report.outcome), elapsed).await,
+            Ok(report) => {
+                self.report(super::task_state(&report.outcome), elapsed)
+                    .await
+            }
             Err(err) => {
                 tracing::error!("Task {}[{}] could not run: {err}", message.task, message.id);
                 let exception = CeleryException {
@@ -174,8 +187,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                     return Ok(Settle::Ack);
                 }
                 let eta = retry_eta(&retry, self.options, super::clock::now_micros());
-                let outgoing =
-                    retry_message(message, eta.clone(), &self.worker.config.nodename);
+                let outgoing = retry_message(message, eta.clone(), &self.worker.config.nodename);
                 let exchange = &self.delivery.properties.delivery_info.exchange;
                 let published = self
                     .worker
@@ -191,7 +203,11 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                     );
                     return Ok(Settle::Reject { requeue: true });
                 }
-                tracing::info!("Task {}[{}] retry: Retry in {eta}", message.task, message.id);
+                tracing::info!(
+                    "Task {}[{}] retry: Retry in {eta}",
+                    message.task,
+                    message.id
+                );
                 if !self.ignore_result {
                     let meta = match &retry.exc {
                         Some(exc) => {

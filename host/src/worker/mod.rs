@@ -9,7 +9,8 @@
 //! * `delivery`: one message from arrival to ack (revoked and expired messages, ETAs,
 //!   early and late acks);
 //! * `execution`: one task run and the state it leaves; `retry`: what a retry publishes;
-//! * `state_updates`: `update_state` from a running guest; `revoked`: the revoked ids.
+//! * `state_updates`: `update_state` from a running guest; `revoked`: the revoked ids;
+//! * `reconnect`: retrying broker and backend calls across a dropped connection.
 
 mod celery_state;
 mod clock;
@@ -18,6 +19,7 @@ mod delivery;
 mod execution;
 mod limits;
 mod log_format;
+mod reconnect;
 mod retry;
 mod revoked;
 mod run_loop;

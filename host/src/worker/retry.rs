@@ -102,7 +102,10 @@ mod tests {
         };
         assert_eq!(max_retries(&retry(None, Some(1)), &options), Some(1));
         assert_eq!(max_retries(&retry(None, None), &options), Some(7));
-        assert_eq!(max_retries(&retry(None, None), &TaskOptions::default()), Some(3));
+        assert_eq!(
+            max_retries(&retry(None, None), &TaskOptions::default()),
+            Some(3)
+        );
         let forever = TaskOptions {
             retry_forever: true,
             ..TaskOptions::default()

@@ -57,7 +57,11 @@ where
     R: ResultBackend + 'static,
 {
     config.validate()?;
-    let consumer = Arc::new(Consumer::new(broker, config.queues.clone(), config.prefetch()));
+    let consumer = Arc::new(Consumer::new(
+        broker,
+        config.queues.clone(),
+        config.prefetch(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = Arc::new(WorkerContext {
         slots: Arc::new(Semaphore::new(config.concurrency)),

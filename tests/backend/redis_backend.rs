@@ -217,3 +217,29 @@ async fn global_keyprefix_prefixes_key_and_channel() {
         .expect("GET");
     assert_eq!(unprefixed, None);
 }
+
+#[tokio::test]
+async fn a_success_written_by_python_is_kept_even_when_lua_cannot_parse_it() {
+    let backend = RedisHarness::backend().await;
+    for document in [
+        // kombu JSON with NaN, as a Python worker writes float('nan').
+        r#"{"status": "SUCCESS", "result": NaN, "traceback": null, "children": [], "date_done": null, "task_id": "x"}"#,
+        // Not JSON at all, but a SUCCESS document to anyone reading it as text.
+        r#"{"status": "SUCCESS", "result": 1,,}"#,
+    ] {
+        let id = task_id();
+        let key = format!("celery-task-meta-{id}");
+        let () = redis::cmd("SETEX")
+            .arg(&key)
+            .arg(60)
+            .arg(document)
+            .query_async(&mut raw().await)
+            .await
+            .expect("SETEX");
+        let failure = TaskMeta::custom(&id, "FAILURE", "{}").expect("meta");
+        let outcome = backend.store(&failure).await.expect("store");
+        assert_eq!(outcome, StoreOutcome::KeptSuccess, "{document}");
+        let stored = backend.get(&id).await.expect("get");
+        assert_eq!(stored.as_deref(), Some(document));
+    }
+}

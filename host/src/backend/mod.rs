@@ -413,14 +413,6 @@ impl TaskMeta {
     }
 }
 
-/// The `status` of a stored document, when it can be read.
-///
-/// Anything unreadable (not JSON, compressed by a 5.7 client) gives `None`.
-pub fn stored_status(document: &str) -> Option<String> {
-    let value = from_kombu_json(document).ok()?;
-    Some(value.get("status")?.as_str()?.to_owned())
-}
-
 /// Checks that `text` is exactly one kombu JSON value.
 fn check_json(task_id: &str, field: &'static str, text: &str) -> Result<(), BackendError> {
     from_kombu_json(text)
@@ -580,15 +572,6 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn stored_status_reads_lenient_documents() {
-        assert_eq!(
-            stored_status(r#"{"status": "SUCCESS", "result": NaN}"#).as_deref(),
-            Some("SUCCESS")
-        );
-        assert_eq!(stored_status("\u{0}celery-compressed\u{0}"), None);
     }
 
     fn stored_date_done(doc: &str) -> Option<String> {

@@ -33,13 +33,13 @@
 
 use std::time::Duration;
 
-use ::redis::RedisError;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{RedisError, Script};
 
 use crate::redis_url;
 use crate::url::redact_password;
 
-use super::{BackendError, ResultBackend, ResultState, StoreOutcome, TaskMeta, stored_status};
+use super::{BackendError, ResultBackend, ResultState, StoreOutcome, TaskMeta};
 
 /// Celery's default `result_expires`: one day.
 pub const DEFAULT_RESULT_EXPIRES: u64 = 86_400;
@@ -124,7 +124,33 @@ pub struct RedisBackend {
     /// The connection: multiplexed (clones pipeline over one socket) and re-established
     /// by the manager after it drops.
     conn: ConnectionManager,
+    /// [`STORE_SCRIPT`].
+    store_script: Script,
 }
+
+/// Writes a task meta document unless a SUCCESS one is stored already, and publishes it,
+/// in one atomic step (Celery's `_store_result` reads then writes, which two workers
+/// running a redelivered task can interleave). KEYS[1]: the meta key, also the channel.
+/// ARGV: the document, its TTL in seconds (0: none). Returns 1 if stored, 0 if kept.
+const STORE_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, stored = pcall(cjson.decode, current)
+  if ok and type(stored) == 'table' then
+    if stored.status == 'SUCCESS' then return 0 end
+  elseif string.find(current, '"status": "SUCCESS"', 1, true) then
+    return 0
+  end
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SETEX', KEYS[1], ttl, ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"#;
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,7 +176,11 @@ impl RedisBackend {
         let conn = ConnectionManager::new_with_config(client, manager_config)
             .await
             .map_err(|source| BackendError::Connect { url, source })?;
-        Ok(RedisBackend { config, conn })
+        Ok(RedisBackend {
+            config,
+            conn,
+            store_script: Script::new(STORE_SCRIPT),
+        })
     }
 
     /// The options in use.
@@ -174,29 +204,22 @@ impl ResultBackend for RedisBackend {
             source,
         };
         let key = self.config.task_key(task_id);
-        let existing = self.get_raw(&key).await.map_err(command_error)?;
-        let already_success = existing
-            .as_deref()
-            .and_then(|bytes| std::str::from_utf8(bytes).ok())
-            .and_then(stored_status)
-            .is_some_and(|status| status == "SUCCESS");
-        if already_success {
-            return Ok(StoreOutcome::KeptSuccess);
-        }
         let document = meta.to_json();
-        let mut pipe = ::redis::pipe();
-        pipe.atomic();
-        match self.config.expiry_for(meta.state()) {
-            Some(seconds) => pipe.cmd("SETEX").arg(&key).arg(seconds).arg(&document),
-            None => pipe.cmd("SET").arg(&key).arg(&document),
-        }
-        .ignore();
-        pipe.cmd("PUBLISH").arg(&key).arg(&document).ignore();
+        let expiry = self.config.expiry_for(meta.state()).unwrap_or(0);
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
+        let stored: i64 = self
+            .store_script
+            .key(&key)
+            .arg(&document)
+            .arg(expiry)
+            .invoke_async(&mut conn)
             .await
             .map_err(command_error)?;
-        Ok(StoreOutcome::Stored)
+        Ok(if stored == 1 {
+            StoreOutcome::Stored
+        } else {
+            StoreOutcome::KeptSuccess
+        })
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<String>, BackendError> {

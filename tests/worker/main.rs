@@ -44,7 +44,7 @@ struct TestWorker {
 
 impl TestWorker {
     async fn start(components: Vec<Vec<u8>>, tweak: impl FnOnce(&mut WorkerConfig)) -> Self {
-        Self::start_with_backend(components, tweak, |backend| backend).await
+        Self::launch(components, tweak, |_| {}, |backend| backend).await
     }
 
     /// Starts a worker that stores through `wrap(the Redis backend)`; the test reads
@@ -52,6 +52,23 @@ impl TestWorker {
     async fn start_with_backend<R: ResultBackend + 'static>(
         components: Vec<Vec<u8>>,
         tweak: impl FnOnce(&mut WorkerConfig),
+        wrap: impl FnOnce(Arc<RedisBackend>) -> Arc<R>,
+    ) -> Self {
+        Self::launch(components, tweak, |_| {}, wrap).await
+    }
+
+    /// Starts a worker whose broker has `broker_options` applied to the test defaults.
+    async fn start_with_broker_options(
+        components: Vec<Vec<u8>>,
+        broker_options: impl FnOnce(&mut RedisOptions),
+    ) -> Self {
+        Self::launch(components, |_| {}, broker_options, |backend| backend).await
+    }
+
+    async fn launch<R: ResultBackend + 'static>(
+        components: Vec<Vec<u8>>,
+        tweak: impl FnOnce(&mut WorkerConfig),
+        broker_options: impl FnOnce(&mut RedisOptions),
         wrap: impl FnOnce(Arc<RedisBackend>) -> Arc<R>,
     ) -> Self {
         let url = redis_url();
@@ -65,11 +82,12 @@ impl TestWorker {
                 .await
                 .expect("guests load"),
         );
-        let options = RedisOptions {
+        let mut options = RedisOptions {
             global_keyprefix: format!("celeriac-test-{}:", uuid::Uuid::new_v4()),
             polling_interval: Duration::from_millis(100),
             ..RedisOptions::default()
         };
+        broker_options(&mut options);
         let broker = Arc::new(
             RedisBroker::connect_with(&url, options)
                 .await
@@ -515,6 +533,27 @@ async fn acks_late_requeues_a_task_whose_result_could_not_be_stored() {
     let id = w.send("tasks.ok", json!([])).await;
     let meta = w.wait_for(&id, "SUCCESS").await;
     assert_eq!(meta["result"], json!(1), "the requeued message ran again");
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_sweep_leaves_a_message_held_past_the_visibility_timeout_alone() {
+    let mut w =
+        TestWorker::start_with_broker_options(vec![guests::ok_guest("tasks.ok", "1")], |options| {
+            options.visibility_timeout = Duration::from_secs(2)
+        })
+        .await;
+    let task = timed_task("tasks.ok", Some(4.5), None);
+    w.publish(&task).await;
+    // Another worker's sweeps (same keys, same rules) while the ETA is far off.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let restored = w.broker.restore_visible().await.expect("restore");
+        assert_eq!(restored, 0, "a held message was restored to the queue");
+    }
+    let meta = w.wait_for(&task.id, "SUCCESS").await;
+    assert_eq!(meta["result"], json!(1));
     w.assert_drained().await;
     w.stop().await;
 }

@@ -249,6 +249,17 @@ pub trait Broker: Send + Sync + 'static {
         requeue: bool,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
+    /// Keeps an unacked delivery from being restored for another visibility timeout (see
+    /// [`Capabilities::visibility_timeout`]), while it waits for its ETA or runs with a
+    /// late ack. Transports without a visibility timeout have nothing to do.
+    fn extend_visibility(
+        &self,
+        delivery_tag: &str,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = delivery_tag;
+        async { Ok(()) }
+    }
+
     /// Publishes a message to `exchange` (`""`: the default exchange, where the routing
     /// key is the queue name) with `routing_key`.
     fn publish(

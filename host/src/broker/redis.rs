@@ -13,7 +13,9 @@
 //! * Supports priority: yes, 0 is the **highest** (`[0, 3, 6, 9]` sub-lists)
 //! * Supports TTL: no
 //! * Ack emulation: yes (`unacked` hash + `unacked_index` zset, restored after the
-//!   visibility timeout by [`RedisBroker::restore_visible`])
+//!   visibility timeout by [`RedisBroker::restore_visible`]). A message held for its ETA or
+//!   running with a late ack has its `unacked_index` score refreshed, so no sweep (ours or
+//!   a Python worker's) restores it while it is in hand: kombu's documented ETA caveat.
 //!
 //! # Connection string
 //!
@@ -551,6 +553,18 @@ impl Broker for RedisBroker {
 
     async fn ack(&self, delivery_tag: &str) -> Result<(), BrokerError> {
         self.forget(delivery_tag).await
+    }
+
+    async fn extend_visibility(&self, delivery_tag: &str) -> Result<(), BrokerError> {
+        // XX: only an entry still there; an acked or restored one stays gone.
+        redis::cmd("ZADD")
+            .arg(self.key("unacked_index"))
+            .arg("XX")
+            .arg(now_secs())
+            .arg(delivery_tag)
+            .exec_async(&mut self.manager.clone())
+            .await
+            .map_err(redis_error("extend visibility", delivery_tag))
     }
 
     async fn reject(&self, delivery_tag: &str, requeue: bool) -> Result<(), BrokerError> {

@@ -2,7 +2,9 @@
 //! discard it when revoked or expired, wait for its ETA and a free slot, ack it early or
 //! late, and run it.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -14,6 +16,9 @@ use super::clock;
 use super::execution::{Settle, TaskRun, store};
 use super::reconnect::retrying;
 use super::run_loop::WorkerContext;
+
+/// The shortest wait between two refreshes of an unacked entry.
+const MIN_VISIBILITY_REFRESH: Duration = Duration::from_secs(1);
 
 /// Handles one delivery; every path ends with the message acked, rejected or given back.
 pub async fn handle<B: Broker, R: ResultBackend + 'static>(
@@ -53,7 +58,8 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
         return;
     }
 
-    let Some(_slot) = wait_until_due(&worker, &message).await else {
+    let due = wait_until_due(&worker, &message);
+    let Some(_slot) = keeping_visible(consumer, &delivery, due).await else {
         finish(consumer, &delivery, Settle::Reject { requeue: true }).await;
         return;
     };
@@ -78,7 +84,11 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
         // STARTED is informative: the task runs even when it cannot be written.
         let _ = run.store(started).await;
     }
-    let settle = run.execute(&component.prepared).await;
+    let settle = if acks_late {
+        keeping_visible(consumer, &delivery, run.execute(&component.prepared)).await
+    } else {
+        run.execute(&component.prepared).await
+    };
     if acks_late {
         finish(consumer, &delivery, settle).await;
     } else if settle == (Settle::Reject { requeue: true }) {
@@ -113,6 +123,32 @@ async fn wait_until_due<B: Broker, R: ResultBackend>(
         slot = wait => slot,
     };
     slot.filter(|_| !*worker.stopping.borrow())
+}
+
+/// Runs `work` while refreshing the delivery's unacked entry every third of the visibility
+/// timeout, so a restore sweep does not hand the message to another worker meanwhile.
+async fn keeping_visible<B: Broker, F: Future>(
+    consumer: &Consumer<B>,
+    delivery: &Delivery,
+    work: F,
+) -> F::Output {
+    let Some(timeout) = consumer.broker().capabilities().visibility_timeout else {
+        return work.await;
+    };
+    let every = (timeout / 3).max(MIN_VISIBILITY_REFRESH);
+    let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = refresh.tick() => {
+                let tag = delivery.delivery_tag();
+                if let Err(err) = consumer.broker().extend_visibility(tag).await {
+                    tracing::warn!("cannot keep delivery {tag} from being restored: {err}");
+                }
+            }
+        }
+    }
 }
 
 /// Celery's `Request.revoked()`: a message whose id is revoked or whose `expires` has

@@ -19,7 +19,11 @@ if [ -n "$impure" ]; then
     exit 1
 fi
 
-scripts/build-examples.sh
+# One build of the whole workspace, tests included, in release mode: the worker binary the
+# interop tests run and the test binaries share one build of wasmtime (building the binary
+# alone would resolve dependency features differently and compile wasmtime twice).
+cargo build --release --locked --workspace --all-targets
+CELERIAC_SKIP_HOST_BUILD=1 scripts/build-examples.sh
 scripts/install-interop-venv.sh
 
 log="target/test-output.log"

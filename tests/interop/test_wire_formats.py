@@ -115,6 +115,13 @@ def test_unicode_arguments_round_trip_unchanged(app, celeriac_worker):
     assert [len(text) for text in got["args"]] == [len(text) for text in TRICKY_TEXT]
 
 
+def test_a_lone_surrogate_reaches_the_task_and_comes_back(app, celeriac_worker):
+    # Python's json writes "\ud800" for such a str; a Python worker echoes it unchanged.
+    lone = "a\ud800b"
+    result = app.send_task("tasks.echo", args=(lone,))
+    assert result.get(timeout=TIMEOUT) == echoed((lone,))
+
+
 def test_a_one_megabyte_string_round_trips(app, celeriac_worker):
     chunk = "abcdefghijkl\u00e9e\u0301😀"  # 16 code points, 37 bytes of kombu JSON
     big = chunk * (1 << 16)

@@ -45,6 +45,7 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use serde_json::{Map, Value, json};
 
+use crate::protocol::kombu_json::parse_with_surrogate_repair;
 use crate::redis_url;
 use crate::url::redact_password;
 
@@ -713,7 +714,8 @@ fn parse_envelope(queue: &str, text: &str) -> Result<Delivery, BrokerError> {
         delivery_tag: tag.map(str::to_owned),
         reason,
     };
-    let value: Value = serde_json::from_str(text).map_err(|e| malformed(None, e.to_string()))?;
+    let value: Value =
+        parse_with_surrogate_repair(text).map_err(|e| malformed(None, e.to_string()))?;
     let Value::Object(mut envelope) = value else {
         return Err(malformed(None, "not a JSON object".into()));
     };

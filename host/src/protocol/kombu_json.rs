@@ -41,7 +41,81 @@ pub const LITERAL_MARKER_KEY: &str = "__celeriac_literal__";
 /// `i64`/`u64` to literal markers. Otherwise as strict as serde_json.
 pub fn from_kombu_json(text: &str) -> Result<Value, serde_json::Error> {
     let strict = to_strict_json(text);
-    serde_json::from_str(&strict)
+    parse_with_surrogate_repair(&strict)
+}
+
+/// Parses JSON text with serde_json; if that fails and the text holds lone surrogate
+/// escapes, parses it again with each replaced by U+FFFD (see [`repair_lone_surrogates`]).
+/// The common path costs nothing extra.
+pub fn parse_with_surrogate_repair<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<T, serde_json::Error> {
+    serde_json::from_str(text).or_else(|err| match repair_lone_surrogates(text) {
+        Cow::Owned(repaired) => serde_json::from_str(&repaired),
+        Cow::Borrowed(_) => Err(err),
+    })
+}
+
+/// Replaces every `\uXXXX` escape of a lone UTF-16 surrogate with `\ufffd`. Python's json
+/// writes such escapes for a `str` holding a lone surrogate (`"\ud800"`); serde_json, and
+/// Rust strings, cannot hold one, and dropping the whole message would be worse than
+/// delivering U+FFFD in its place. Returns the input untouched when there is none.
+pub fn repair_lone_surrogates(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut lone = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'"' {
+            let end = skip_string(bytes, i);
+            lone.extend(lone_surrogate_escapes(bytes, i + 1, end));
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    if lone.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for at in lone {
+        out.push_str(&text[copied..at]);
+        out.push_str("\\ufffd");
+        copied = at + 6;
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+/// Where, in the string literal body `bytes[start..end]`, a `\uXXXX` escape encodes a
+/// surrogate that is not half of a high-then-low pair.
+fn lone_surrogate_escapes(bytes: &[u8], start: usize, end: usize) -> Vec<usize> {
+    let mut lone = Vec::new();
+    let mut pending_high: Option<usize> = None;
+    let mut i = start;
+    while i < end {
+        let escape = (bytes[i] == b'\\').then(|| bytes.get(i + 1)).flatten();
+        let code = match escape {
+            Some(b'u') => bytes
+                .get(i + 2..i + 6)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok()),
+            _ => None,
+        };
+        match code {
+            Some(0xD800..=0xDBFF) => lone.extend(pending_high.replace(i)),
+            Some(0xDC00..=0xDFFF) if pending_high.take().is_some() => {}
+            Some(0xDC00..=0xDFFF) => lone.push(i),
+            _ => lone.extend(pending_high.take()),
+        }
+        i += match (code, escape) {
+            (Some(_), _) => 6,
+            (None, Some(_)) => 2,
+            (None, None) => 1,
+        };
+    }
+    lone.extend(pending_high);
+    lone
 }
 
 /// Rewrites the tokens strict JSON rejects (outside strings) into literal markers. Returns
@@ -416,6 +490,27 @@ pub fn bytes_marker(bytes: &[u8]) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lone_surrogates_become_replacement_characters_and_pairs_stay() {
+        let text = r#"["\ud800", "a\udc00b", "\ud83d\ude00", "\\ud800", "\ud800\ud800x", "é"]"#;
+        let value = super::from_kombu_json(text).expect("repaired");
+        assert_eq!(
+            value,
+            serde_json::json!([
+                "\u{fffd}",
+                "a\u{fffd}b",
+                "😀",
+                "\\ud800",
+                "\u{fffd}\u{fffd}x",
+                "é"
+            ])
+        );
+        assert!(matches!(
+            super::repair_lone_surrogates(r#"["\ud83d\ude00", "plain"]"#),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
     use super::*;
     use serde_json::json;
 

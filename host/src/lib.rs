@@ -6,8 +6,11 @@
 //!
 //! * [`protocol`]: Celery task messages on the wire: decode, encode, serializers,
 //!   compression. Pure: no I/O, no other celeriac module.
-//! * [`broker`]: the `Broker` trait and its transports (kombu's Redis transport on the wire).
-//! * [`backend`]: the `ResultBackend` trait and Celery's Redis result backend.
+//! * [`broker`]: the `Broker` trait and its transports (kombu's Redis transport on the wire,
+//!   RabbitMQ).
+//! * [`backend`]: the `ResultBackend` trait, Celery's Redis result backend and its `rpc://`
+//!   backend.
+//! * [`connect`]: brokers and backends from URLs, and the enums that run the worker on any.
 //! * [`url`]: broker and backend URL helpers shared by the transports; [`redis_url`]:
 //!   Redis clients from Celery's `redis://` and `rediss://` URLs.
 //! * [`sandbox`]: runs one task invocation in a fresh, limited wasmtime instance and reports
@@ -22,6 +25,7 @@
 
 pub mod backend;
 pub mod broker;
+pub mod connect;
 pub mod protocol;
 pub mod redis_url;
 pub mod registry;

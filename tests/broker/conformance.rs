@@ -41,6 +41,7 @@ pub fn message(body: &str, priority: Option<u8>) -> Outgoing {
         correlation_id: Some(body.to_owned()),
         reply_to: Some("reply-queue".into()),
         priority,
+        expiration: None,
     }
 }
 
@@ -221,6 +222,7 @@ pub async fn consumed_celery_v2_message_decodes<H: Harness>(h: &H) {
         correlation_id: Some(id.into()),
         reply_to: Some("2d970f97-5e90-35e4-8b55-dced593d30d1".into()),
         priority: Some(0),
+        expiration: None,
     };
     h.broker()
         .publish("", &q, &outgoing)

@@ -1,7 +1,8 @@
 //! Result backends: where a task's state and return value go, as Celery clients read them.
 //!
 //! `backend` owns the task meta document ([`TaskMeta`], spec §5.2) and the
-//! [`ResultBackend`] trait that stores it, with one transport so far ([`redis`], spec §5.4).
+//! [`ResultBackend`] trait that stores it, with two implementations: [`redis`] (spec §5.4)
+//! and [`rpc`] (Celery's `rpc://`, replies over the AMQP broker).
 //! It does not decide *which* state a task reached or which exception describes a failure:
 //! `worker/` does that and hands this module finished values ([`ExceptionInfo`], result
 //! JSON text). Groups and chords (spec §5.6, §7) are not here yet.
@@ -11,6 +12,7 @@
 //! as the guest wrote it.
 
 pub mod redis;
+pub mod rpc;
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -22,6 +24,7 @@ use crate::protocol::Timestamp;
 use crate::protocol::kombu_json::{from_kombu_json, to_kombu_json};
 
 pub use self::redis::{RedisBackend, RedisBackendConfig};
+pub use self::rpc::RpcBackend;
 
 /// Stores task meta documents where Celery clients look for them.
 ///
@@ -50,6 +53,9 @@ pub enum StoreOutcome {
     /// A SUCCESS document was already stored (a redelivered duplicate ran again); nothing
     /// was written.
     KeptSuccess,
+    /// The backend had nowhere to send it (rpc://: the task's message carried no
+    /// `reply_to`, so no client waits for it); nothing was written.
+    NoDestination,
 }
 
 /// Errors of the result backend layer.
@@ -95,6 +101,23 @@ pub enum BackendError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Sending a result over the broker failed (rpc://).
+    #[error("result backend: sending the result of task {task_id} failed: {source}")]
+    Broker {
+        /// The task whose result it was.
+        task_id: String,
+        /// The broker's error (boxed: it is large, and this path is rare).
+        #[source]
+        source: Box<crate::broker::BrokerError>,
+    },
+    /// The backend cannot do this.
+    #[error("the {backend} result backend does not support {op}")]
+    Unsupported {
+        /// The operation (`"get"`).
+        op: &'static str,
+        /// The backend (`"rpc"`).
+        backend: &'static str,
+    },
     /// A stored document is not text.
     #[error("result backend: stored result of task {task_id} is not UTF-8")]
     NotUtf8 {
@@ -116,8 +139,10 @@ impl BackendError {
                     || source.is_timeout()
                     || source.is_unrecoverable_error()
             }
+            BackendError::Broker { source, .. } => source.is_connection(),
             BackendError::InvalidUrl { .. }
             | BackendError::InvalidMeta { .. }
+            | BackendError::Unsupported { .. }
             | BackendError::NotUtf8 { .. } => false,
         }
     }

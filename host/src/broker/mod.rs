@@ -1,27 +1,30 @@
 //! Broker transports: fetching task messages from queues, acking and rejecting them, and
 //! publishing new ones, behind one small [`Broker`] trait.
 //!
-//! `broker` owns the transport framing (kombu's Redis envelope, later AMQP) and the
+//! `broker` owns the transport framing (kombu's Redis envelope, AMQP properties) and the
 //! behaviour shared by every transport: prefetch accounting, cancel-safe fetching and
 //! queue fan-in order, all in [`Consumer`]. It does not parse task messages (that is
 //! [`crate::protocol`], fed through [`Delivery::raw`]) and does not decide what to ack or
 //! when (that is the worker).
 //!
 //! * [`redis`]: kombu's Redis transport, wire-compatible with Python Celery workers.
+//! * [`amqp`]: RabbitMQ (AMQP 0-9-1) through lapin, declaring what Celery declares.
 
+pub mod amqp;
 pub mod redis;
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::protocol::{EncodedMessage, RawMessage};
+use crate::protocol::{EncodedMessage, RawMessage, Timestamp};
 
+pub use self::amqp::{AmqpBroker, AmqpOptions};
 pub use self::redis::{RedisBroker, RedisOptions};
 
 /// What went wrong talking to a broker.
@@ -60,6 +63,48 @@ pub enum BrokerError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An AMQP operation failed.
+    #[error("amqp {op} on {target:?} failed: {source}")]
+    Amqp {
+        /// The operation (`connect`, `queue.declare`, `basic.ack`, ...).
+        op: &'static str,
+        /// The queue, exchange, delivery tag or URL the operation was about.
+        target: String,
+        /// The client's error.
+        #[source]
+        source: ::lapin::Error,
+    },
+    /// The server stopped delivering from a queue: it cancelled the consumer (the queue
+    /// was deleted) or closed the channel. Every unacked delivery of that channel goes
+    /// back to its queue, as after a dropped connection.
+    #[error("amqp consumer of queue {queue} lost: {reason}")]
+    ConsumerLost {
+        /// The queue that was being consumed.
+        queue: String,
+        /// What ended it.
+        reason: String,
+    },
+    /// The server refused a published message (`basic.nack` under publisher confirms).
+    #[error(
+        "amqp publish to exchange {exchange:?} with routing key {routing_key:?} was not confirmed"
+    )]
+    NotConfirmed {
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+    /// A name or property does not fit the field AMQP carries it in (a short string holds
+    /// at most 255 bytes).
+    #[error("amqp {what} is {len} bytes long; the most AMQP carries is {max}")]
+    TooLong {
+        /// What it is (`queue name`, `header name`, `correlation_id`, ...).
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The longest allowed.
+        max: usize,
+    },
     /// The transport cannot do this ([`Capabilities`] says so up front).
     #[error("{op} is not supported by the {transport} transport")]
     Unsupported {
@@ -83,8 +128,12 @@ impl BrokerError {
                     || source.is_timeout()
                     || source.is_unrecoverable_error()
             }
+            BrokerError::Amqp { source, .. } => amqp::is_connection_error(source),
+            BrokerError::ConsumerLost { .. } => true,
             BrokerError::InvalidUrl { .. }
             | BrokerError::MalformedEnvelope { .. }
+            | BrokerError::NotConfirmed { .. }
+            | BrokerError::TooLong { .. }
             | BrokerError::Unsupported { .. } => false,
         }
     }
@@ -199,6 +248,9 @@ pub struct Outgoing {
     pub reply_to: Option<String>,
     /// The priority (clamped to 0..=9); `None` is 0.
     pub priority: Option<u8>,
+    /// How long the broker keeps the message before dropping it (AMQP `expiration`;
+    /// Celery sets it from `expires`). Transports without message TTLs ignore it.
+    pub expiration: Option<Duration>,
 }
 
 impl From<EncodedMessage> for Outgoing {
@@ -212,12 +264,24 @@ impl From<EncodedMessage> for Outgoing {
             body,
             content_type: properties.content_type.to_owned(),
             content_encoding: properties.content_encoding.to_owned(),
-            headers,
             correlation_id: Some(properties.correlation_id),
             reply_to: properties.reply_to,
             priority: Some(properties.priority),
+            expiration: expiration_of(&headers),
+            headers,
         }
     }
+}
+
+/// The time left until the `expires` header, as Celery's `send_task` turns it into the
+/// `expiration` property: from now, and 0 when already past.
+fn expiration_of(headers: &Map<String, Value>) -> Option<Duration> {
+    let expires = Timestamp::parse(headers.get("expires")?.as_str()?)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    let left = expires.unix_micros().saturating_sub(now).max(0);
+    Some(Duration::from_micros(u64::try_from(left).unwrap_or(0)))
 }
 
 /// What differs between transports. Everything shared (prefetch, fan-in order,
@@ -225,6 +289,16 @@ impl From<EncodedMessage> for Outgoing {
 pub trait Broker: Send + Sync + 'static {
     /// What this transport supports.
     fn capabilities(&self) -> Capabilities;
+
+    /// The most unacked deliveries the consumer holds from now on (0: no limit). A
+    /// transport whose server pushes messages (AMQP `basic.qos`) passes it on, so the
+    /// server never sends more than the consumer can take; transports the consumer pulls
+    /// from need nothing (the default). [`Consumer`] calls it when it starts and whenever
+    /// an ETA hold changes its limit, under its bookkeeping lock: an implementation records
+    /// the limit and returns, and tells the server from its own async calls.
+    fn set_prefetch_limit(&self, limit: u32) {
+        let _ = limit;
+    }
 
     /// Waits a short, transport-defined time (Redis: the BRPOP timeout) for messages from
     /// `queues`, tried in the given order within each priority, and returns at most `max`
@@ -299,6 +373,8 @@ struct InFlight {
     /// Prefetch permits lent by ended ETA holds that were in use when the hold ended; each
     /// settled delivery pays one back instead of freeing its own.
     owed_permits: usize,
+    /// ETA holds not yet dropped: each raises the limit told to the transport by one.
+    eta_holds: u32,
 }
 
 /// One extra prefetch slot lent while a delivery waits for its ETA; see
@@ -325,6 +401,8 @@ pub struct Consumer<B: Broker> {
     queues: Mutex<Vec<String>>,
     /// One permit per delivery that may be outstanding; `None` for no limit (prefetch 0).
     prefetch: Option<Arc<Semaphore>>,
+    /// The prefetch asked for at construction, before ETA holds (0: no limit).
+    base_prefetch: u32,
     /// Delivery tags handed out and not yet settled, so each returns its permit once, and
     /// the permits still owed by ended ETA holds. std `Mutex`: short critical sections, no
     /// `.await` inside.
@@ -338,11 +416,14 @@ impl<B: Broker> Consumer<B> {
     /// Consumes `queues` (first queue first within a priority) with at most `prefetch`
     /// unacked deliveries; `prefetch` 0 means no limit, as in AMQP.
     pub fn new(broker: Arc<B>, queues: Vec<String>, prefetch: u32) -> Self {
+        broker.set_prefetch_limit(prefetch);
+        let base_prefetch = prefetch;
         let prefetch = (prefetch > 0).then(|| Arc::new(Semaphore::new(prefetch as usize)));
         Consumer {
             broker,
             queues: Mutex::new(queues),
             prefetch,
+            base_prefetch,
             in_flight: Mutex::default(),
             pending: tokio::sync::Mutex::default(),
         }
@@ -464,6 +545,12 @@ impl<B: Broker> Consumer<B> {
     /// so a queue full of countdowns does not starve the tasks due now.
     pub fn hold_for_eta(&self) -> EtaHold<'_, B> {
         if let Some(semaphore) = &self.prefetch {
+            let mut in_flight = self.lock_in_flight();
+            in_flight.eta_holds += 1;
+            // Under the lock, so concurrent holds tell the transport their limits in order.
+            self.broker
+                .set_prefetch_limit(self.base_prefetch.saturating_add(in_flight.eta_holds));
+            drop(in_flight);
             semaphore.add_permits(1);
         }
         EtaHold { consumer: self }
@@ -475,10 +562,14 @@ impl<B: Broker> Consumer<B> {
         let Some(semaphore) = &self.prefetch else {
             return;
         };
+        let mut in_flight = self.lock_in_flight();
+        in_flight.eta_holds = in_flight.eta_holds.saturating_sub(1);
         match semaphore.try_acquire() {
             Ok(permit) => permit.forget(),
-            Err(_) => self.lock_in_flight().owed_permits += 1,
+            Err(_) => in_flight.owed_permits += 1,
         }
+        self.broker
+            .set_prefetch_limit(self.base_prefetch.saturating_add(in_flight.eta_holds));
     }
 
     fn settle(&self, delivery_tag: &str) {

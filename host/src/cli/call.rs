@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 use celeriac::backend::{ResultBackend, ResultState};
-use celeriac::broker::{Broker, Outgoing, RedisOptions};
+use celeriac::broker::{Broker, Outgoing};
+use celeriac::connect::{BackendKind, BrokerOptions, backend_kind};
 use celeriac::protocol::kombu_json::from_kombu_json;
 use celeriac::protocol::{OutgoingTask, Timestamp};
 use celeriac::worker::now_micros;
@@ -56,15 +57,24 @@ async fn run(args: CallArgs) -> anyhow::Result<i32> {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     task.origin = Some(format!("gen{}@{host}", std::process::id()));
 
-    // Connect to the backend before publishing, so a result is never missed by a late wait.
-    let backend = match wait {
-        Some(_) => Some(connect_backend(&args.connection.backend_url()?).await?),
-        None => None,
-    };
+    let backend_url = wait.map(|_| args.connection.backend_url()).transpose()?;
+    if let Some(url) = &backend_url
+        && backend_kind(url)? == BackendKind::Rpc
+    {
+        anyhow::bail!(
+            "--wait reads results from a redis:// result backend; rpc:// results go to the \
+             sending client's own reply queue, which celeriac call does not consume"
+        );
+    }
     let broker = args
         .connection
-        .connect_broker(RedisOptions::default())
+        .connect_broker(BrokerOptions::default())
         .await?;
+    // Connect to the backend before publishing, so a result is never missed by a late wait.
+    let backend = match &backend_url {
+        Some(url) => Some(connect_backend(url, &broker).await?),
+        None => None,
+    };
     broker
         .publish("", &args.queue, &Outgoing::from(task.encode()))
         .await

@@ -14,10 +14,9 @@ use serde_json::{Map, Value};
 
 use anyhow::Context as _;
 
-use celeriac::backend::{RedisBackend, RedisBackendConfig};
-use celeriac::broker::{RedisBroker, RedisOptions};
+use celeriac::broker::AmqpOptions;
+use celeriac::connect::{self, AnyBackend, AnyBroker, BrokerOptions};
 use celeriac::registry::CompileCache;
-use celeriac::url::redact_password;
 
 /// The default broker, as Celery's `broker_url` for Redis.
 const DEFAULT_BROKER: &str = "redis://127.0.0.1:6379/0";
@@ -107,45 +106,41 @@ fn parse_json(text: &str, flag: &str) -> anyhow::Result<Value> {
 /// Where the broker and the result backend are, shared by `worker` and `call`.
 #[derive(Debug, clap::Args)]
 pub struct ConnectionOpts {
-    /// Broker URL
+    /// Broker URL: redis://, rediss://, amqp:// or amqps://
     #[arg(short = 'b', long, env = "CELERY_BROKER_URL", default_value = DEFAULT_BROKER)]
     pub broker: String,
-    /// Result backend URL [default: the broker URL]
+    /// Result backend URL: redis://, rediss:// or rpc:// [default: the broker URL for Redis, rpc:// for RabbitMQ]
     #[arg(long, env = "CELERY_RESULT_BACKEND")]
     pub result_backend: Option<String>,
+    /// RabbitMQ: x-max-priority of the queues declared, as Celery's task_queue_max_priority [default: none]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=255))]
+    pub queue_max_priority: Option<u8>,
 }
 
 impl ConnectionOpts {
-    /// The result backend URL: the one given, else a Redis broker's own URL.
+    /// The result backend URL: the one given, else the broker's default (see
+    /// [`connect::backend_url`]), checked to work with the broker.
     pub fn backend_url(&self) -> anyhow::Result<String> {
-        let is_redis = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
-        let url = match &self.result_backend {
-            Some(url) => url.clone(),
-            None if is_redis(&self.broker) => self.broker.clone(),
-            None => anyhow::bail!("--result-backend is required when the broker is not Redis"),
-        };
-        if !is_redis(&url) {
-            anyhow::bail!(
-                "unsupported result backend {} (only redis:// and rediss://)",
-                redact_password(&url)
-            );
-        }
-        Ok(url)
+        Ok(connect::backend_url(
+            &self.broker,
+            self.result_backend.as_deref(),
+        )?)
     }
 
-    /// Connects to the broker.
-    pub async fn connect_broker(&self, options: RedisOptions) -> anyhow::Result<RedisBroker> {
-        RedisBroker::connect_with(&self.broker, options)
-            .await
-            .with_context(|| format!("broker {}", redact_password(&self.broker)))
+    /// Connects to the broker; `options` are the transport options other than the AMQP
+    /// queue arguments, which come from these flags.
+    pub async fn connect_broker(&self, mut options: BrokerOptions) -> anyhow::Result<AnyBroker> {
+        options.amqp = AmqpOptions {
+            queue_max_priority: self.queue_max_priority,
+            ..options.amqp
+        };
+        Ok(connect::connect_broker(&self.broker, options).await?)
     }
 }
 
-/// Connects to the result backend at `url`.
-pub async fn connect_backend(url: &str) -> anyhow::Result<RedisBackend> {
-    RedisBackend::connect(RedisBackendConfig::new(url.to_owned()))
-        .await
-        .with_context(|| format!("result backend {}", redact_password(url)))
+/// Connects to the result backend at `url` (`rpc://` uses `broker`'s connection).
+pub async fn connect_backend(url: &str, broker: &AnyBroker) -> anyhow::Result<AnyBackend> {
+    Ok(connect::connect_backend(url, broker).await?)
 }
 
 /// Where tasks come from, shared by the commands that load components.
@@ -252,6 +247,16 @@ mod tests {
                 "more",
             ],
             &["celeriac", "worker"],
+            &[
+                "celeriac",
+                "worker",
+                "-b",
+                "amqp://guest:guest@127.0.0.1:5672//",
+                "--result-backend",
+                "rpc://",
+                "--queue-max-priority",
+                "10",
+            ],
             &["celeriac", "call", "tasks.add", "-a", "[2, 3]"],
             &[
                 "celeriac",
@@ -332,6 +337,10 @@ mod tests {
                 ErrorKind::ValueValidation,
             ),
             (&["celeriac", "call"], ErrorKind::MissingRequiredArgument),
+            (
+                &["celeriac", "worker", "--queue-max-priority", "0"],
+                ErrorKind::ValueValidation,
+            ),
             (
                 &["celeriac", "call", "x", "--wait", "soon"],
                 ErrorKind::ValueValidation,

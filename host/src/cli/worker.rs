@@ -1,10 +1,11 @@
-//! `celeriac worker`: consumes Celery task messages from Redis and runs them, like
-//! `celery worker`.
+//! `celeriac worker`: consumes Celery task messages from Redis or RabbitMQ and runs them,
+//! like `celery worker`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac::broker::RedisOptions;
+use celeriac::connect::{AnyBroker, BrokerOptions};
 use celeriac::registry::Registry;
 use celeriac::sandbox::{EngineOptions, Sandbox, SandboxLimits};
 use celeriac::url::redact_password;
@@ -39,7 +40,7 @@ pub struct WorkerArgs {
     /// Store the task name, args, kwargs, worker, retries and queue with results
     #[arg(long)]
     pub result_extended: bool,
-    /// Seconds after which unacked messages go back to their queue [default: 3600]
+    /// Redis: seconds after which unacked messages go back to their queue [default: 3600]
     #[arg(long, value_name = "SECONDS")]
     pub visibility_timeout: Option<u64>,
     /// Seconds a warm shutdown waits for running tasks
@@ -112,12 +113,15 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     let registry =
         Arc::new(Registry::load_dir(&sandbox, &args.tasks.tasks_dir, cache.as_ref()).await?);
 
-    let mut options = RedisOptions::default();
+    let mut options = BrokerOptions::default();
     if let Some(seconds) = args.visibility_timeout {
-        options.visibility_timeout = Duration::from_secs(seconds);
+        options.redis = RedisOptions {
+            visibility_timeout: Duration::from_secs(seconds),
+            ..options.redis
+        };
     }
     let broker = Arc::new(args.connection.connect_broker(options).await?);
-    let backend = Arc::new(connect_backend(&backend_url).await?);
+    let backend = Arc::new(connect_backend(&backend_url, &broker).await?);
 
     print_banner(
         &nodename,
@@ -134,26 +138,9 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     config.result_extended = args.result_extended;
     config.limits = limits;
     config.shutdown_timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
-    config.drain_timeout = broker.options().polling_interval + Duration::from_secs(1);
+    config.drain_timeout = broker.polling_interval() + Duration::from_secs(1);
 
-    // kombu's restore sweep: unacked messages past the visibility timeout go back. Twice
-    // per timeout, so a short timeout (a test, a fast fleet) recovers about as fast as set.
-    let restorer = {
-        let broker = Arc::clone(&broker);
-        let every = (broker.options().visibility_timeout / 2)
-            .clamp(Duration::from_secs(1), MAX_RESTORE_INTERVAL);
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(every);
-            loop {
-                interval.tick().await;
-                match broker.restore_visible().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!("restored {n} unacked message(s) to their queues"),
-                    Err(err) => tracing::error!("restoring unacked messages failed: {err}"),
-                }
-            }
-        })
-    };
+    let restorer = spawn_restorer(Arc::clone(&broker));
 
     tracing::info!("{nodename} ready.");
     let shutdown = async {
@@ -166,9 +153,33 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
         });
     };
     let result = worker::run(config, sandbox, registry, broker, backend, shutdown).await;
-    restorer.abort();
+    if let Some(restorer) = restorer {
+        restorer.abort();
+    }
     result?;
     Ok(exit::SUCCESS)
+}
+
+/// kombu's restore sweep on a Redis broker: unacked messages past the visibility timeout
+/// go back. Twice per timeout, so a short timeout (a test, a fast fleet) recovers about
+/// as fast as set. RabbitMQ needs none: unacked messages return when a connection drops.
+fn spawn_restorer(broker: Arc<AnyBroker>) -> Option<tokio::task::JoinHandle<()>> {
+    let every = (broker.as_redis()?.options().visibility_timeout / 2)
+        .clamp(Duration::from_secs(1), MAX_RESTORE_INTERVAL);
+    Some(tokio::spawn(async move {
+        let Some(redis) = broker.as_redis() else {
+            return;
+        };
+        let mut interval = tokio::time::interval(every);
+        loop {
+            interval.tick().await;
+            match redis.restore_visible().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!("restored {n} unacked message(s) to their queues"),
+                Err(err) => tracing::error!("restoring unacked messages failed: {err}"),
+            }
+        }
+    }))
 }
 
 fn positive(seconds: Option<f64>) -> Option<Duration> {

@@ -1,0 +1,500 @@
+//! An implementation of `Broker` for RabbitMQ (AMQP 0-9-1), on lapin.
+//!
+//! Declares, consumes and publishes as a Python Celery worker on kombu's `pyamqp`
+//! transport does (spec §4), so Python clients and workers share queues with celeriac.
+//!
+//! # Features
+//!
+//! * Type: native (AMQP 0-9-1; tested with RabbitMQ 3.10)
+//! * Supports direct: yes (the default exchange `""`, and named exchanges that exist)
+//! * Supports topic, fanout: not yet (no broadcast)
+//! * Supports priority: yes, **higher first**, on queues declared with `x-max-priority`
+//!   ([`AmqpOptions::queue_max_priority`], Celery's `task_queue_max_priority`)
+//! * Supports TTL: yes, `expiration` is set from a task's `expires` (RabbitMQ drops it then)
+//! * Acks: native. Unacked deliveries return to their queue when the connection (or its
+//!   channel) closes, marked redelivered; there is no visibility timeout.
+//! * Prefetch: `basic.qos` with the consumer's prefetch count (`global`, as Celery sets it
+//!   for RabbitMQ 3.x), raised and lowered with ETA holds before the next ack or fetch,
+//!   so the server never pushes more than the worker can hold.
+//! * Quorum queues: not yet. RabbitMQ refuses a consumer on a channel with global QoS
+//!   (Celery switches to per-consumer QoS for them and for RabbitMQ 4).
+//! * Publishing: a connection of its own, publisher confirms on every message.
+//! * Reconnection: a fetch that finds its connection gone fails with an error whose
+//!   [`BrokerError::is_connection`] is true; the next fetch connects again, declares its
+//!   queues and consumes again. The publishing connection reopens on the next publish.
+//!
+//! # Entities (Celery's defaults, spec §4.1)
+//!
+//! Each consumed queue, and each queue published to through the default exchange, is
+//! declared once per connection with its exchange and binding: exchange `<queue>`
+//! (`direct`, durable), queue `<queue>` (durable, not exclusive, not auto-delete,
+//! `x-max-priority` only when set), bound with routing key `<queue>`. The default queue is
+//! `celery`. A queue that already exists with other settings (a quorum queue, another
+//! `x-max-priority`) is used as it is, with a warning, rather than refused.
+//!
+//! # Connection string
+//!
+//! `amqp://user:password@host:port/vhost` as kombu reads it: `guest:guest@localhost:5672`
+//! by default, `//` or `/%2F` for the vhost `/` (so is no path), `pyamqp://` as a synonym,
+//! `?heartbeat=S` (default: the server's proposal, 60 s on RabbitMQ). `amqps://` connects
+//! over TLS (rustls, system root certificates); Celery's `broker_use_ssl` options
+//! (client certificates, a private CA) are not read yet.
+//!
+//! # Options ([`AmqpOptions`])
+//!
+//! * `polling_interval` (how long one fetch waits): 1 s
+//! * `queue_max_priority`: none
+//! * `connection_name`: `celeriac`
+
+mod fields;
+mod link;
+mod replies;
+mod session;
+mod topology;
+mod uri;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::uri::AMQPUri;
+use lapin::{Acker, Channel, Connection, ConnectionProperties, ErrorKind};
+use tokio::sync::Notify;
+
+use crate::url::redact_password;
+
+use super::{Broker, BrokerError, Capabilities, Delivery, Outgoing, PriorityOrder};
+
+use self::link::Link;
+use self::replies::ReplyRoutes;
+use self::session::{Incoming, Session};
+
+pub use self::replies::{ReplyRoute, ReplySender};
+pub use self::topology::{Declared, queue_arguments};
+
+/// Reads a Celery `amqp://` URL as kombu does (see the module docs) into lapin's
+/// connection parameters.
+pub fn parse_url(url: &str) -> Result<AMQPUri, String> {
+    uri::parse(url)
+}
+
+const TRANSPORT: &str = "amqp";
+
+/// Options of an [`AmqpBroker`]. [`AmqpOptions::default`] is kombu's and Celery's
+/// defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmqpOptions {
+    /// How long one [`Broker::fetch`] waits for a first message. Default 1 s.
+    pub polling_interval: Duration,
+    /// Celery's `task_queue_max_priority`: the `x-max-priority` every declared queue gets.
+    /// Default `None` (no argument, so no priorities).
+    pub queue_max_priority: Option<u8>,
+    /// The name RabbitMQ lists the connections under (`rabbitmqctl list_connections
+    /// client_properties`), followed by ` consumer` or ` publisher`. Default `celeriac`.
+    pub connection_name: String,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        AmqpOptions {
+            polling_interval: Duration::from_secs(1),
+            queue_max_priority: None,
+            connection_name: "celeriac".to_owned(),
+        }
+    }
+}
+
+/// Celery's RabbitMQ transport.
+pub struct AmqpBroker {
+    /// The options, fixed at connect time.
+    options: AmqpOptions,
+    /// Where to connect.
+    uri: AMQPUri,
+    /// The URL without its password, for errors.
+    url: String,
+    /// The publishing connection, shared with the rpc:// backend.
+    link: Arc<Link>,
+    /// Reply routes of delivered tasks, for the rpc:// backend.
+    routes: Arc<ReplyRoutes>,
+    /// The consuming connection, opened by the first fetch. tokio `Mutex`: held across a
+    /// fetch's wait (one fetch at a time, as [`super::Consumer`] does).
+    session: tokio::sync::Mutex<Option<Session>>,
+    /// Numbers the sessions, for their delivery tags.
+    sessions: AtomicU64,
+    /// The prefetch count the consumer asks for, and what the server was told.
+    qos: Qos,
+    /// Deliveries handed out and not settled: delivery tag → (queue, acker). std `Mutex`:
+    /// short critical sections, no `.await` inside.
+    unacked: Mutex<HashMap<String, (Arc<str>, Acker)>>,
+}
+
+/// The consumer's prefetch count and its `basic.qos`.
+#[derive(Default)]
+struct Qos {
+    /// What [`Broker::set_prefetch_limit`] last asked for (0: no limit).
+    wanted: AtomicU32,
+    /// Wakes a waiting fetch to pass a raised limit on at once.
+    changed: Notify,
+    /// The consuming channel and the count last applied to it. tokio `Mutex`: held across
+    /// `basic.qos`, so two changes reach the server in order.
+    applied: tokio::sync::Mutex<Applied>,
+}
+
+/// The QoS state of the consuming channel.
+#[derive(Default)]
+struct Applied {
+    /// The consuming channel, once a session is open.
+    channel: Option<Channel>,
+    /// The count the server has, `None` until told.
+    count: Option<u32>,
+}
+
+impl AmqpBroker {
+    /// Connects to `url` with the default options.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(url, AmqpOptions::default()).await
+    }
+
+    /// Connects the publishing connection to `url` now (so a bad URL or an unreachable
+    /// server fails here); the consuming one opens with the first fetch.
+    pub async fn connect_with(url: &str, options: AmqpOptions) -> Result<Self, BrokerError> {
+        let redacted = redact_password(url);
+        let uri = uri::parse(url).map_err(|reason| BrokerError::InvalidUrl {
+            transport: TRANSPORT,
+            url: redacted.clone(),
+            reason,
+        })?;
+        let name = format!("{} publisher", options.connection_name);
+        let link = Link::connect(uri.clone(), redacted.clone(), name).await?;
+        Ok(AmqpBroker {
+            options,
+            uri,
+            url: redacted,
+            link: Arc::new(link),
+            routes: Arc::default(),
+            session: tokio::sync::Mutex::new(None),
+            sessions: AtomicU64::new(1),
+            qos: Qos::default(),
+            unacked: Mutex::default(),
+        })
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &AmqpOptions {
+        &self.options
+    }
+
+    /// Declares `queue` as Celery does (exchange, queue, binding; see the module docs) on
+    /// the publishing connection, and says whether it was declared as asked or found
+    /// with other settings.
+    pub async fn declare_queue(&self, queue: &str) -> Result<Declared, BrokerError> {
+        self.link
+            .declare(queue, self.options.queue_max_priority)
+            .await
+    }
+
+    /// Deletes `queue` with its messages, on the publishing connection (tests and tools;
+    /// a worker never deletes queues). Returns how many messages it held.
+    pub async fn delete_queue(&self, queue: &str) -> Result<u32, BrokerError> {
+        self.link.delete(queue).await
+    }
+
+    /// What the rpc:// result backend needs; from now on the reply route of every
+    /// delivered task is kept for it.
+    pub fn reply_sender(&self) -> ReplySender {
+        self.routes.enable();
+        ReplySender {
+            link: Arc::clone(&self.link),
+            routes: Arc::clone(&self.routes),
+        }
+    }
+
+    /// Whether `delivery_tag` was handed out by this broker and not yet acked or rejected.
+    pub fn is_unacked(&self, delivery_tag: &str) -> bool {
+        self.lock_unacked().contains_key(delivery_tag)
+    }
+
+    /// Closes both connections; unacked deliveries go back to their queues. A later call
+    /// connects again.
+    pub async fn close(&self) {
+        if let Some(session) = self.session.lock().await.take() {
+            self.forget_session().await;
+            session.close().await;
+        }
+        self.link.close().await;
+    }
+
+    /// The session consuming exactly `queues`, opened (and its QoS set) if there is none.
+    /// A session whose connection closed is an error, so the worker learns that its
+    /// unacked deliveries went back; the next call opens a new one.
+    async fn ready_session<'a>(
+        &self,
+        slot: &'a mut Option<Session>,
+        queues: &[String],
+    ) -> Result<&'a mut Session, BrokerError> {
+        if slot.as_ref().is_some_and(|session| !session.is_open()) {
+            return Err(BrokerError::ConsumerLost {
+                queue: queues.join(","),
+                reason: "the consuming connection closed".to_owned(),
+            });
+        }
+        if slot.is_none() {
+            let id = self.sessions.fetch_add(1, Ordering::Relaxed);
+            let name = format!("{} consumer", self.options.connection_name);
+            let session = Session::open(id, &self.uri, &self.url, &name).await?;
+            *self.qos.applied.lock().await = Applied {
+                channel: Some(session.channel.clone()),
+                count: None,
+            };
+            *slot = Some(session);
+        }
+        let session = slot.as_mut().expect("a session was opened just above");
+        // QoS before the consumers, so the server never sends them more than it allows.
+        self.sync_qos().await?;
+        session
+            .consume(queues, self.options.queue_max_priority)
+            .await?;
+        Ok(session)
+    }
+
+    /// Forgets what belonged to a session that ended: its unacked deliveries (the server
+    /// requeued them) and its channel's QoS.
+    async fn forget_session(&self) {
+        self.lock_unacked().clear();
+        *self.qos.applied.lock().await = Applied::default();
+    }
+
+    /// Tells the server the consumer's current prefetch count, if it changed. Called
+    /// before every fetch and ack, so a lowered limit is in place before the server could
+    /// use the slot an ack frees.
+    async fn sync_qos(&self) -> Result<(), BrokerError> {
+        let mut applied = self.qos.applied.lock().await;
+        let wanted = self.qos.wanted.load(Ordering::Relaxed);
+        let Some(channel) = applied.channel.clone() else {
+            return Ok(());
+        };
+        if applied.count == Some(wanted) {
+            return Ok(());
+        }
+        let count = u16::try_from(wanted).unwrap_or(u16::MAX);
+        channel
+            .basic_qos(count, BasicQosOptions { global: true })
+            .await
+            .map_err(amqp_error("basic.qos", &self.url))?;
+        applied.count = Some(wanted);
+        Ok(())
+    }
+
+    /// Waits up to the polling interval for a first delivery, then takes whatever else
+    /// already arrived, up to `max`.
+    async fn receive(
+        &self,
+        session: &mut Session,
+        max: usize,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + self.options.polling_interval;
+        let mut next = loop {
+            tokio::select! {
+                incoming = session.receiver.recv() => break incoming,
+                () = self.qos.changed.notified() => self.sync_qos().await?,
+                () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
+        };
+        let mut deliveries = Vec::new();
+        loop {
+            match next {
+                Some(Incoming::Message { queue, delivery }) => {
+                    deliveries.push(self.hand_out(session.id, queue, *delivery));
+                }
+                Some(Incoming::Lost { queue, reason }) if session.consumes(&queue) => {
+                    return Err(BrokerError::ConsumerLost {
+                        queue: queue.to_string(),
+                        reason,
+                    });
+                }
+                Some(Incoming::Lost { .. }) => {} // a consumer we cancelled
+                None => {
+                    return Err(BrokerError::ConsumerLost {
+                        queue: String::new(),
+                        reason: "every consumer ended".to_owned(),
+                    });
+                }
+            }
+            if deliveries.len() >= max {
+                break;
+            }
+            match session.receiver.try_recv() {
+                Ok(incoming) => next = Some(incoming),
+                Err(_) => break,
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// Records a delivery as unacked (and its reply route) and converts it.
+    fn hand_out(
+        &self,
+        session: u64,
+        queue: Arc<str>,
+        message: lapin::message::Delivery,
+    ) -> Delivery {
+        let tag = format!("{session}.{}", message.delivery_tag);
+        let acker = message.acker.clone();
+        let delivery = fields::delivery(&queue[..], tag.clone(), message);
+        self.routes.record(&delivery);
+        self.lock_unacked().insert(tag, (queue, acker));
+        delivery
+    }
+
+    /// Settles `delivery_tag` with `settle` (ack or reject); an unknown tag is done.
+    async fn settle<F, Fut>(
+        &self,
+        op: &'static str,
+        delivery_tag: &str,
+        settle: F,
+    ) -> Result<(), BrokerError>
+    where
+        F: FnOnce(Acker) -> Fut,
+        Fut: Future<Output = lapin::Result<bool>>,
+    {
+        let Some((queue, acker)) = self.lock_unacked().remove(delivery_tag) else {
+            return Ok(());
+        };
+        self.sync_qos().await?;
+        let done = settle(acker.clone())
+            .await
+            .map_err(amqp_error(op, delivery_tag))?;
+        if !done && acker.poisoned() {
+            return Err(BrokerError::ConsumerLost {
+                queue: queue.to_string(),
+                reason: format!(
+                    "the channel closed before {op} of {delivery_tag}; the message goes back to its queue"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes the session after an error that ended it, so the next fetch opens a new one;
+    /// returns the error.
+    async fn end_session_on(&self, err: BrokerError, slot: &mut Option<Session>) -> BrokerError {
+        let ended = err.is_connection() || !slot.as_ref().is_some_and(Session::is_open);
+        if ended && let Some(session) = slot.take() {
+            self.forget_session().await;
+            session.close().await;
+        }
+        err
+    }
+
+    fn lock_unacked(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<str>, Acker)>> {
+        self.unacked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Broker for AmqpBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            transport: TRANSPORT,
+            priority: PriorityOrder::HigherFirst,
+            fanout: false,
+            visibility_timeout: None,
+            delayed_delivery: false,
+        }
+    }
+
+    fn set_prefetch_limit(&self, limit: u32) {
+        if self.qos.wanted.swap(limit, Ordering::Relaxed) != limit {
+            self.qos.changed.notify_one();
+        }
+    }
+
+    async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        if queues.is_empty() {
+            tokio::time::sleep(self.options.polling_interval).await;
+            return Ok(Vec::new());
+        }
+        let mut slot = self.session.lock().await;
+        let session = match self.ready_session(&mut slot, queues).await {
+            Ok(session) => session,
+            Err(err) => return Err(self.end_session_on(err, &mut slot).await),
+        };
+        match self.receive(session, max.max(1)).await {
+            Ok(deliveries) => Ok(deliveries),
+            Err(err) => Err(self.end_session_on(err, &mut slot).await),
+        }
+    }
+
+    async fn ack(&self, delivery_tag: &str) -> Result<(), BrokerError> {
+        self.settle("basic.ack", delivery_tag, |acker| async move {
+            acker.ack(BasicAckOptions::default()).await
+        })
+        .await
+    }
+
+    async fn reject(&self, delivery_tag: &str, requeue: bool) -> Result<(), BrokerError> {
+        self.settle("basic.reject", delivery_tag, |acker| async move {
+            acker.reject(BasicRejectOptions { requeue }).await
+        })
+        .await
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Outgoing,
+    ) -> Result<(), BrokerError> {
+        let properties = fields::properties(message, fields::PERSISTENT)?;
+        // Through the default exchange the routing key is the queue: declare it first,
+        // as a Celery client does, so the message is not dropped as unroutable.
+        let declare = exchange
+            .is_empty()
+            .then_some((routing_key, self.options.queue_max_priority));
+        self.link
+            .publish(exchange, routing_key, declare, &message.body, properties)
+            .await
+    }
+}
+
+/// Opens a connection named `name` (as RabbitMQ lists it) on the current tokio runtime.
+async fn connect(uri: &AMQPUri, url: &str, name: &str) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect_uri(uri.clone(), properties)
+        .await
+        .map_err(amqp_error("connect", url))
+}
+
+/// Turns a lapin error into a [`BrokerError::Amqp`] about `op` on `target`.
+fn amqp_error(op: &'static str, target: &str) -> impl Fn(lapin::Error) -> BrokerError {
+    let target = target.to_owned();
+    move |source| BrokerError::Amqp {
+        op,
+        target: target.clone(),
+        source,
+    }
+}
+
+/// RabbitMQ refused a declaration because the entity exists with other settings.
+fn is_precondition_failed(err: &lapin::Error) -> bool {
+    matches!(err.kind(), ErrorKind::ProtocolError(e) if e.get_id() == 406)
+}
+
+/// Whether a lapin error means the connection or channel is gone (reconnect; unacked
+/// deliveries come back) rather than this one operation being refused: I/O errors, a
+/// missed heartbeat, a closed connection or channel, and connection-level (hard) AMQP
+/// errors such as `CONNECTION_FORCED` when RabbitMQ stops. A channel-level (soft) error
+/// such as `NOT_FOUND` or `PRECONDITION_FAILED` is about the request.
+pub(super) fn is_connection_error(err: &lapin::Error) -> bool {
+    match err.kind() {
+        ErrorKind::IOError(_)
+        | ErrorKind::RuntimeShutdownError(_)
+        | ErrorKind::MissingHeartbeatError
+        | ErrorKind::InvalidConnectionState(_)
+        | ErrorKind::InvalidChannelState(..)
+        | ErrorKind::InvalidChannel(_) => true,
+        ErrorKind::ProtocolError(_) => err.is_amqp_hard_error(),
+        _ => false,
+    }
+}

@@ -296,3 +296,33 @@ async fn a_malformed_envelope_in_a_batch_is_dropped_and_the_rest_delivered() {
     }
     h.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acks_all_land_when_grouped() {
+    let h = RedisHarness::new().await;
+    let q = h.queue("acks");
+    for i in 0..200 {
+        h.broker
+            .publish("", &q, &message(&i.to_string(), None))
+            .await
+            .expect("publish");
+    }
+    let consumer = Arc::new(Consumer::new(h.broker(), vec![q.clone()], 200));
+    let mut tags = Vec::new();
+    for _ in 0..200 {
+        tags.push(next(&consumer).await.delivery_tag().to_owned());
+    }
+    let mut acks = tokio::task::JoinSet::new();
+    for tag in tags.clone() {
+        let consumer = Arc::clone(&consumer);
+        acks.spawn(async move { consumer.ack(&tag).await });
+    }
+    while let Some(acked) = acks.join_next().await {
+        acked.expect("ack task").expect("ack");
+    }
+    for tag in &tags {
+        assert!(!h.is_unacked(tag).await, "{tag} is still unacked");
+    }
+    assert!(consumer.in_flight().is_empty());
+    h.cleanup().await;
+}

@@ -37,6 +37,8 @@
 //! same compare-and-move as kombu's `WATCH unacked; MULTI …; EXEC`, which cannot run on a
 //! shared, multiplexed connection.
 
+mod acks;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -45,6 +47,7 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use serde_json::{Map, Value, json};
 
+use self::acks::AckBatcher;
 use crate::protocol::kombu_json::parse_with_surrogate_repair;
 use crate::redis_url;
 use crate::url::redact_password;
@@ -159,6 +162,8 @@ pub struct RedisBroker {
     unlock_script: Script,
     /// [`FETCH_SCRIPT`].
     fetch_script: Script,
+    /// Sends acks in groups.
+    acks: AckBatcher,
 }
 
 impl RedisBroker {
@@ -183,6 +188,12 @@ impl RedisBroker {
                     key: redact_password(url),
                     source,
                 })?;
+        let prefix = &options.global_keyprefix;
+        let acks = AckBatcher::start(
+            manager.clone(),
+            format!("{prefix}unacked_index"),
+            format!("{prefix}unacked"),
+        );
         Ok(RedisBroker {
             options,
             client,
@@ -191,6 +202,7 @@ impl RedisBroker {
             move_script: Script::new(MOVE_SCRIPT),
             unlock_script: Script::new(UNLOCK_SCRIPT),
             fetch_script: Script::new(FETCH_SCRIPT),
+            acks,
         })
     }
 
@@ -372,21 +384,10 @@ impl RedisBroker {
         Ok(queues)
     }
 
-    /// Removes a delivery's bookkeeping (ack, reject without requeue).
+    /// Removes a delivery's bookkeeping (ack, reject without requeue), grouped with the
+    /// others waiting ([`acks`]).
     async fn forget(&self, tag: &str) -> Result<(), BrokerError> {
-        redis::pipe()
-            .atomic()
-            .cmd("ZREM")
-            .arg(self.key("unacked_index"))
-            .arg(tag)
-            .ignore()
-            .cmd("HDEL")
-            .arg(self.key("unacked"))
-            .arg(tag)
-            .ignore()
-            .exec_async(&mut self.manager.clone())
-            .await
-            .map_err(redis_error("ack", tag))
+        self.acks.remove(tag).await.map_err(redis_error("ack", tag))
     }
 
     /// The BRPOP keys for `queues`: by priority step, then by queue (spec §3.4).

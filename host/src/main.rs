@@ -8,7 +8,7 @@ use cli::{Cli, Command, exit};
 
 fn main() {
     let cli = Cli::parse();
-    cli::logging::init(&cli.log);
+    let log_writer = cli::logging::init(&cli.log);
     let code = match cli.command {
         Command::Run(args) => cli::run::main(args),
         Command::Worker(args) => cli::worker::main(args),
@@ -21,5 +21,6 @@ fn main() {
             }
         },
     };
+    drop(log_writer);
     std::process::exit(code);
 }

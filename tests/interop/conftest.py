@@ -54,7 +54,8 @@ class WorkerProcess:
         self.process = subprocess.Popen(
             argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
 
     def _pump(self):
         for line in self.process.stdout:
@@ -85,9 +86,19 @@ class WorkerProcess:
         pattern = re.compile(r"Task \S+\[([^\]]+)\] " + re.escape(event) + r"\b")
         return [match.group(1) for line in list(self.log) for match in pattern.finditer(line)]
 
+    def wait_logged(self, event, task_ids, timeout=5):
+        """`task_ids(event)` once every id in `task_ids` is among them: a worker's log lines
+        may trail the results it stored by a moment."""
+        deadline = time.monotonic() + timeout
+        while not set(task_ids) <= set(self.task_ids(event)):
+            assert time.monotonic() < deadline, f"not every task logged {event!r}:\n{self.output()}"
+            time.sleep(0.02)
+        return self.task_ids(event)
+
     def stop(self):
         """SIGTERM, then waits for the warm shutdown; fails if it takes too long."""
         if self.process.poll() is not None:
+            self._read_to_end()
             return
         self.process.terminate()
         try:
@@ -97,11 +108,17 @@ class WorkerProcess:
             raise AssertionError(
                 f"{self.name} did not stop within {STOP_TIMEOUT} s of SIGTERM:\n{self.output()}"
             )
+        self._read_to_end()
 
     def kill(self):
         """SIGKILL: no shutdown at all."""
         self.process.kill()
         self.process.wait()
+        self._read_to_end()
+
+    def _read_to_end(self):
+        """Waits until every line the exited process wrote is in `log`."""
+        self._pump_thread.join(timeout=10)
 
 
 def start_celeriac(task_queue, *options, concurrency=2, env_overrides=None):

@@ -180,7 +180,7 @@ def test_a_task_waiting_for_its_countdown_leaves_the_prefetch_slot_free(amqp_que
         assert now.get(timeout=TIMEOUT) == 4
         assert later.state == "PENDING", "the countdown task has not run yet"
         assert later.get(timeout=TIMEOUT) == 2
-        assert worker.task_ids("succeeded") == [now.id, later.id], worker.output()
+        assert worker.wait_logged("succeeded", [now.id, later.id]) == [now.id, later.id], worker.output()
     finally:
         client.close()
         worker.stop()

@@ -23,7 +23,7 @@ def assert_ran_in_order(worker, results, order):
     for priority, result in results.items():
         assert result.get(timeout=TIMEOUT) == {"args": [priority], "kwargs": {}}
     expected = [results[priority].id for priority in order]
-    ran = [task_id for task_id in worker.task_ids("succeeded") if task_id in expected]
+    ran = [task_id for task_id in worker.wait_logged("succeeded", expected) if task_id in expected]
     assert ran == expected, worker.output()
     return expected
 

@@ -1,6 +1,8 @@
 """A real Celery 5.7 client against `celeriac worker` on Redis: results, failures and
 unknown tasks come back exactly as a Python worker would leave them."""
 
+import time
+
 import pytest
 from celery.exceptions import NotRegistered
 
@@ -34,6 +36,9 @@ def test_kwargs_and_unicode_reach_the_task(app, celeriac_worker):
 def test_the_worker_logs_like_celery(app, celeriac_worker):
     result = app.send_task("tasks.add", args=(20, 22))
     assert result.get(timeout=TIMEOUT) == 42
-    log = "".join(celeriac_worker)
-    assert f"Task tasks.add[{result.id}] received" in log
-    assert f"Task tasks.add[{result.id}] succeeded in" in log
+    # The log is written by a thread of its own, so the line may trail the stored result.
+    deadline = time.monotonic() + 5
+    while f"Task tasks.add[{result.id}] succeeded in" not in "".join(celeriac_worker):
+        assert time.monotonic() < deadline, "no 'succeeded' line:\n" + "".join(celeriac_worker)
+        time.sleep(0.02)
+    assert f"Task tasks.add[{result.id}] received" in "".join(celeriac_worker)

@@ -2,8 +2,10 @@
 //! stderr, or one JSON object per line with `--log-format json`.
 
 use std::fmt;
+use std::io::BufWriter;
 
 use tracing::{Event, Level, Subscriber};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
@@ -44,20 +46,36 @@ fn parse_level(text: &str) -> Result<Level, String> {
 }
 
 /// Installs the global subscriber. `RUST_LOG` refines the level per module when set.
-pub fn init(opts: &LogOpts) {
+///
+/// Lines are written by a thread of their own, through a buffer flushed whenever no line is
+/// waiting: a busy worker logs two lines per task, and a write system call for each on the
+/// task's own thread cost more than the task. Nothing is dropped (the writer blocks when
+/// far behind); keep the returned guard until exit, dropping it flushes what is left.
+pub fn init(opts: &LogOpts) -> WorkerGuard {
     let level = opts.loglevel.unwrap_or(Level::WARN);
     let filter =
         EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level.as_str()));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) =
+        NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(BufWriter::with_capacity(
+                LOG_BUFFER_BYTES,
+                std::io::stderr(),
+            ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(colour);
     match opts.log_format.unwrap_or_default() {
         LogFormat::Celery => builder.event_format(CeleryFormat).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
+
+/// How much log text is gathered into one write.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
 
 /// `[%(asctime)s: %(levelname)s/%(processName)s] %(message)s`
 struct CeleryFormat;

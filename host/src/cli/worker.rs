@@ -143,21 +143,43 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     let restorer = spawn_restorer(Arc::clone(&broker));
 
     tracing::info!("{nodename} ready.");
-    let shutdown = async {
-        wait_for_signal().await;
+    let signals = count_signals();
+    let mut first = signals.clone();
+    let shutdown = async move {
+        let _ = first.wait_for(|count| *count >= 1).await;
         tracing::warn!("worker: Warm shutdown (signal received; send another to exit now)");
-        tokio::spawn(async {
-            wait_for_signal().await;
-            tracing::warn!("worker: Cold shutdown (second signal)");
-            std::process::exit(exit::TASK_FAILED);
-        });
     };
-    let result = worker::run(config, sandbox, registry, broker, backend, shutdown).await;
+    let mut second = signals;
+    let cold = async move {
+        let _ = second.wait_for(|count| *count >= 2).await;
+    };
+    let code = tokio::select! {
+        result = worker::run(config, sandbox, registry, broker, backend, shutdown) => {
+            result?;
+            exit::SUCCESS
+        }
+        // Returning (rather than exiting here) lets main flush the log lines still queued.
+        () = cold => {
+            tracing::warn!("worker: Cold shutdown (second signal)");
+            exit::TASK_FAILED
+        }
+    };
     if let Some(restorer) = restorer {
         restorer.abort();
     }
-    result?;
-    Ok(exit::SUCCESS)
+    Ok(code)
+}
+
+/// How many SIGINT/SIGTERM the process has received so far.
+fn count_signals() -> tokio::sync::watch::Receiver<u32> {
+    let (count, counted) = tokio::sync::watch::channel(0);
+    tokio::spawn(async move {
+        loop {
+            wait_for_signal().await;
+            count.send_modify(|n| *n += 1);
+        }
+    });
+    counted
 }
 
 /// kombu's restore sweep on a Redis broker: unacked messages past the visibility timeout

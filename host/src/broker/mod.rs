@@ -464,15 +464,7 @@ impl<B: Broker> Consumer<B> {
                 Err(_) => continue, // cancelled: only at runtime shutdown; fetch again
             };
             let deliveries = result?;
-            // One permit stays taken per delivery; the unused ones go back when dropped.
-            for permit in permits.into_iter().flatten().take(deliveries.len()) {
-                permit.forget();
-            }
-            let mut in_flight = self.lock_in_flight();
-            for delivery in &deliveries {
-                in_flight.tags.insert(delivery.delivery_tag().to_owned());
-            }
-            drop(in_flight);
+            self.mark_in_flight(&deliveries, permits);
             if let Some(last) = deliveries.last() {
                 self.rotate_after(&last.queue);
             }
@@ -487,17 +479,22 @@ impl<B: Broker> Consumer<B> {
         if let Some(handle) = pending.fetch.take()
             && let Ok(Ok((Ok(deliveries), permits))) = tokio::time::timeout(wait, handle).await
         {
-            for permit in permits.into_iter().flatten().take(deliveries.len()) {
-                permit.forget();
-            }
-            let mut in_flight = self.lock_in_flight();
-            for delivery in &deliveries {
-                in_flight.tags.insert(delivery.delivery_tag().to_owned());
-            }
-            drop(in_flight);
+            self.mark_in_flight(&deliveries, permits);
             pending.ready.extend(deliveries);
         }
         pending.ready.drain(..).collect()
+    }
+
+    /// Records fetched deliveries as in flight, each keeping one of the prefetch slots
+    /// reserved for its fetch; the unused slots go back when `permits` is dropped.
+    fn mark_in_flight(&self, deliveries: &[Delivery], permits: Option<Vec<OwnedSemaphorePermit>>) {
+        for permit in permits.into_iter().flatten().take(deliveries.len()) {
+            permit.forget();
+        }
+        let mut in_flight = self.lock_in_flight();
+        for delivery in deliveries {
+            in_flight.tags.insert(delivery.delivery_tag().to_owned());
+        }
     }
 
     /// Waits for one free prefetch slot, then takes every other free one up to

@@ -8,3 +8,4 @@ mod amqp_support;
 mod amqp;
 mod conformance;
 mod redis;
+mod reply_cutter;

@@ -9,6 +9,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::broker_suite;
 use crate::conformance::{Harness, message, next};
+use crate::reply_cutter::ReplyCutter;
 
 fn redis_url() -> String {
     std::env::var("CELERIAC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
@@ -324,5 +325,111 @@ async fn concurrent_acks_all_land_when_grouped() {
         assert!(!h.is_unacked(tag).await, "{tag} is still unacked");
     }
     assert!(consumer.in_flight().is_empty());
+    h.cleanup().await;
+}
+
+/// `host:port` of the test Redis server.
+fn redis_address() -> String {
+    let url = redis_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_whose_reply_is_lost_is_restored_by_the_next_fetch() {
+    let h = RedisHarness::new().await;
+    let cutter = ReplyCutter::start(redis_address()).await;
+    let broker = RedisBroker::connect_with(
+        &cutter.url(),
+        RedisOptions {
+            global_keyprefix: h.prefix.clone(),
+            polling_interval: Duration::from_millis(100),
+            ..RedisOptions::default()
+        },
+    )
+    .await
+    .expect("connect through the proxy");
+    let q = h.queue("journal");
+    for body in ["1", "2", "3"] {
+        h.broker
+            .publish("", &q, &message(body, None))
+            .await
+            .expect("publish");
+    }
+    let queues = [q.clone()];
+    // The first fetch loads the script, so the cut reply below is the script's own.
+    let first = broker.fetch(&queues, 1).await.expect("first fetch");
+    assert_eq!(first.len(), 1);
+    broker.ack(first[0].delivery_tag()).await.expect("ack");
+
+    cutter.cut_next_reply();
+    assert!(broker.fetch(&queues, 8).await.is_err(), "the reply was cut");
+    assert_eq!(h.waiting(&q).await, 0, "the script ran and popped both");
+    let unacked: usize = h.query(redis::cmd("HLEN").arg(broker.key("unacked"))).await;
+    assert_eq!(unacked, 2, "both recorded as unacked, delivered to nobody");
+
+    let mut recovered = Vec::new();
+    for _ in 0..50 {
+        match broker.fetch(&queues, 8).await {
+            Ok(deliveries) if !deliveries.is_empty() => {
+                recovered = deliveries;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let bodies: Vec<&[u8]> = recovered.iter().map(|d| d.body.as_slice()).collect();
+    assert_eq!(bodies, [&b"2"[..], &b"3"[..]], "back at once, in order");
+    assert!(recovered.iter().all(|d| d.redelivered));
+    for delivery in &recovered {
+        broker.ack(delivery.delivery_tag()).await.expect("ack");
+    }
+    let journals: Vec<String> = h
+        .query(redis::cmd("KEYS").arg(format!("{}_celeriac.fetch.*", h.prefix)))
+        .await;
+    assert!(
+        journals.len() <= 1,
+        "only the last delivered fetch's journal is left: {journals:?}"
+    );
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_given_back_at_shutdown_is_taken_first_and_a_rejected_one_last() {
+    let h = RedisHarness::new().await;
+    let q = h.queue("give-back");
+    for body in ["1", "2", "3"] {
+        h.broker
+            .publish("", &q, &message(body, None))
+            .await
+            .expect("publish");
+    }
+    let consumer = Consumer::new(h.broker(), vec![q.clone()], 1);
+    let first = next(&consumer).await;
+    consumer
+        .give_back(first.delivery_tag())
+        .await
+        .expect("give back");
+    let again = next(&consumer).await;
+    assert_eq!(
+        again.body, b"1",
+        "kombu's restore_unacked: head of the queue"
+    );
+    assert!(again.redelivered);
+    consumer
+        .reject(again.delivery_tag(), true)
+        .await
+        .expect("reject");
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let delivery = next(&consumer).await;
+        consumer.ack(delivery.delivery_tag()).await.expect("ack");
+        bodies.push(delivery.body);
+    }
+    assert_eq!(bodies, [b"2", b"3", b"1"], "a requeue goes last");
     h.cleanup().await;
 }

@@ -334,6 +334,17 @@ pub trait Broker: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Returns a delivery the worker took but will not run (it is stopping), where the next
+    /// consumer takes it first: kombu's `restore_unacked` pushes it to the head of a Redis
+    /// queue, while a reject with requeue sends it behind everything waiting. Default: reject
+    /// with requeue (AMQP puts it back in its place anyway).
+    fn give_back(
+        &self,
+        delivery_tag: &str,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        self.reject(delivery_tag, true)
+    }
+
     /// Publishes a message to `exchange` (`""`: the default exchange, where the routing
     /// key is the queue name) with `routing_key`.
     fn publish(
@@ -530,6 +541,13 @@ impl<B: Broker> Consumer<B> {
         let rejected = self.broker.reject(delivery_tag, requeue).await;
         self.settle(delivery_tag);
         rejected
+    }
+
+    /// Returns a delivery the worker will not run ([`Broker::give_back`]) and frees its slot.
+    pub async fn give_back(&self, delivery_tag: &str) -> Result<(), BrokerError> {
+        let given = self.broker.give_back(delivery_tag).await;
+        self.settle(delivery_tag);
+        given
     }
 
     /// Delivery tags handed out and not yet acked or rejected.

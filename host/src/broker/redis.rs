@@ -16,6 +16,8 @@
 //!   visibility timeout by [`RedisBroker::restore_visible`]). A message held for its ETA or
 //!   running with a late ack has its `unacked_index` score refreshed, so no sweep (ours or
 //!   a Python worker's) restores it while it is in hand: kombu's documented ETA caveat.
+//!   A fetch whose reply is lost leaves its messages unacked but delivered to nobody; they
+//!   go back to their queues as soon as Redis answers again, not an hour later ([`journal`]).
 //!
 //! # Connection string
 //!
@@ -38,6 +40,7 @@
 //! shared, multiplexed connection.
 
 mod acks;
+mod journal;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +51,7 @@ use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use serde_json::{Map, Value, json};
 
 use self::acks::AckBatcher;
+use self::journal::{FetchJournal, JOURNAL_TTL};
 use crate::protocol::kombu_json::parse_with_surrogate_repair;
 use crate::redis_url;
 use crate::url::redact_password;
@@ -69,15 +73,18 @@ for i = 3, #KEYS do redis.call(ARGV[3], KEYS[i], ARGV[4]) end
 return 1
 ";
 
-/// Pops up to ARGV[1] messages from the lists KEYS[3..], first list first (the BRPOP key
+/// Pops up to ARGV[1] messages from the lists KEYS[5..], first list first (the BRPOP key
 /// order), recording each in `unacked` (KEYS[1]) and `unacked_index` (KEYS[2], score
 /// ARGV[2]) in the same atomic step, so a message is never popped but unrecorded (kombu's
-/// BRPOP-then-pipeline has that window). Returns flat triples: list key, message, and 1
-/// if recorded or 0 if it had no delivery tag (malformed; the caller logs it).
+/// BRPOP-then-pipeline has that window). The recorded tags also go to this fetch's journal
+/// (KEYS[3], expiring after ARGV[3] s), and the previous journal (KEYS[4]) is deleted
+/// ([`journal`]). Returns flat triples: list key, message, and 1 if recorded or 0 if it
+/// had no delivery tag (malformed; the caller logs it).
 const FETCH_SCRIPT: &str = r"
+redis.call('DEL', KEYS[4])
 local out = {}
 local left = tonumber(ARGV[1])
-for i = 3, #KEYS do
+for i = 5, #KEYS do
   while left > 0 do
     local message = redis.call('RPOP', KEYS[i])
     if not message then break end
@@ -96,6 +103,7 @@ for i = 3, #KEYS do
       redis.call('ZADD', KEYS[2], ARGV[2], tag)
       redis.call('HSET', KEYS[1], tag,
         '[' .. message .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']')
+      redis.call('RPUSH', KEYS[3], tag)
       recorded = 1
     end
     out[#out + 1] = KEYS[i]
@@ -104,6 +112,7 @@ for i = 3, #KEYS do
   end
   if left == 0 then break end
 end
+if #out > 0 then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
 return out
 ";
 
@@ -164,6 +173,8 @@ pub struct RedisBroker {
     fetch_script: Script,
     /// Sends acks in groups.
     acks: AckBatcher,
+    /// Which fetches' tags must go back because their reply was lost.
+    journal: FetchJournal,
 }
 
 impl RedisBroker {
@@ -203,6 +214,7 @@ impl RedisBroker {
             unlock_script: Script::new(UNLOCK_SCRIPT),
             fetch_script: Script::new(FETCH_SCRIPT),
             acks,
+            journal: FetchJournal::default(),
         })
     }
 
@@ -417,18 +429,27 @@ impl RedisBroker {
         keys: &[String],
         max: usize,
     ) -> Result<Vec<(String, String, bool)>, BrokerError> {
+        self.recover_lost_fetches().await?;
+        let journal = FetchJournal::new_key(&self.options.global_keyprefix);
+        // With no earlier journal to delete, the script deletes its own (still empty) one.
+        let previous = self.journal.delivered().unwrap_or_else(|| journal.clone());
         let mut invocation = self.fetch_script.prepare_invoke();
         invocation
             .key(self.key("unacked"))
-            .key(self.key("unacked_index"));
+            .key(self.key("unacked_index"))
+            .key(&journal)
+            .key(previous);
         for key in keys {
             invocation.key(key);
         }
-        invocation.arg(max).arg(now_secs());
-        let flat: Vec<redis::Value> = invocation
-            .invoke_async(&mut self.manager.clone())
-            .await
-            .map_err(redis_error("fetch", &keys.join(",")))?;
+        invocation
+            .arg(max)
+            .arg(now_secs())
+            .arg(JOURNAL_TTL.as_secs());
+        let reply: Result<Vec<redis::Value>, _> =
+            invocation.invoke_async(&mut self.manager.clone()).await;
+        self.journal.fetched(journal, reply.is_ok());
+        let flat = reply.map_err(redis_error("fetch", &keys.join(",")))?;
         let mut popped = Vec::with_capacity(flat.len() / 3);
         for triple in flat.chunks_exact(3) {
             let [key, text, recorded] = triple else {
@@ -440,6 +461,39 @@ impl RedisBroker {
             popped.push((key, text, matches!(recorded, redis::Value::Int(1))));
         }
         Ok(popped)
+    }
+
+    /// Moves the tags of every fetch whose reply was lost back to the front of their
+    /// queues ([`journal`]).
+    async fn recover_lost_fetches(&self) -> Result<(), BrokerError> {
+        for journal in self.journal.lost() {
+            let tags: Vec<String> = redis::cmd("LRANGE")
+                .arg(&journal)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut self.manager.clone())
+                .await
+                .map_err(redis_error("fetch journal read", &journal))?;
+            let mut restored = 0;
+            // Each goes to the front: the last fetched first, so the first is popped first.
+            for tag in tags.iter().rev() {
+                if self.move_back(tag, Push::Front).await? {
+                    restored += 1;
+                }
+            }
+            redis::cmd("DEL")
+                .arg(&journal)
+                .exec_async(&mut self.manager.clone())
+                .await
+                .map_err(redis_error("fetch journal delete", &journal))?;
+            self.journal.recovered(&journal);
+            if restored > 0 {
+                tracing::warn!(
+                    "Restored {restored} message(s) fetched while the connection to Redis was lost"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Records a message popped by BRPOP as unacked (kombu's delivery bookkeeping). False
@@ -526,7 +580,15 @@ impl Broker for RedisBroker {
             let Some((key, text)) = self.blocking_pop(&keys).await? else {
                 return Ok(Vec::new());
             };
-            let recorded = self.record_unacked(&key, &text).await?;
+            let recorded = match self.record_unacked(&key, &text).await {
+                Ok(recorded) => recorded,
+                // Popped and in hand: run it rather than drop it. Only a crash before its
+                // ack can lose it now, kombu's window for every message.
+                Err(err) => {
+                    tracing::warn!("{err}; running the message unrecorded");
+                    true
+                }
+            };
             popped.push((key, text, recorded));
         }
         let mut deliveries = Vec::with_capacity(popped.len());
@@ -575,6 +637,10 @@ impl Broker for RedisBroker {
         } else {
             self.forget(delivery_tag).await
         }
+    }
+
+    async fn give_back(&self, delivery_tag: &str) -> Result<(), BrokerError> {
+        self.move_back(delivery_tag, Push::Front).await.map(drop)
     }
 
     async fn publish(

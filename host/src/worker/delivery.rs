@@ -60,7 +60,7 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
 
     let due = wait_until_due(&worker, &message);
     let Some(_slot) = keeping_visible(consumer, &delivery, due).await else {
-        finish(consumer, &delivery, Settle::Reject { requeue: true }).await;
+        finish(consumer, &delivery, Settle::GiveBack).await;
         return;
     };
     // An ETA may have outlived the expiry, or a revoke may have come meanwhile.
@@ -225,6 +225,7 @@ pub async fn finish<B: Broker>(consumer: &Consumer<B>, delivery: &Delivery, sett
         match settle {
             Settle::Ack => consumer.ack(tag).await,
             Settle::Reject { requeue } => consumer.reject(tag, requeue).await,
+            Settle::GiveBack => consumer.give_back(tag).await,
         }
     })
     .await;

@@ -31,6 +31,8 @@ pub enum Settle {
         /// Back to the queue.
         requeue: bool,
     },
+    /// Not run because the worker is stopping: back where the next consumer takes it first.
+    GiveBack,
 }
 
 /// Stores `meta`, riding out a dropped connection, and logs a failure; the error is

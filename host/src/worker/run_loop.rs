@@ -105,7 +105,7 @@ where
     let _ = stop_tx.send(true);
     // Fetched but not handed out, or landed by a fetch the shutdown cancelled: give back.
     for delivery in consumer.take_unstarted(worker.config.drain_timeout).await {
-        finish(&consumer, &delivery, Settle::Reject { requeue: true }).await;
+        finish(&consumer, &delivery, Settle::GiveBack).await;
     }
     let drained = tokio::time::timeout(worker.config.shutdown_timeout, async {
         while tasks.join_next().await.is_some() {}

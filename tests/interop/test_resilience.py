@@ -174,10 +174,9 @@ def test_celeriac_resumes_by_itself_after_redis_restarts_and_loses_no_task(
     server = start_redis(persistent=True)
     task_queue = f"resilience-{uuid.uuid4()}"
     # A fetch whose reply the restart cut off leaves its messages in `unacked` (recorded, never
-    # delivered): kombu's visibility timeout is what brings them back, so keep it short.
-    worker = start_celeriac_worker(
-        task_queue, "--acks-late", "--visibility-timeout", "5", concurrency=4, env_overrides=server.env()
-    )
+    # delivered). The default visibility timeout (an hour) would bring them back too late for
+    # this test: the worker's fetch journal must restore them as soon as Redis is back.
+    worker = start_celeriac_worker(task_queue, "--acks-late", concurrency=4, env_overrides=server.env())
     app = client(server.url, task_queue)
     expected = {app.send_task("tasks.sleep", args=(0.05,)).id: 0.05 for _ in range(300)}
 

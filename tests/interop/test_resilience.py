@@ -26,11 +26,12 @@ CONNECTION_ERRORS = ("Connection refused", "Connection reset by peer", "broken p
 @pytest.fixture
 def start_python_worker():
     """Starts `celery -A tasks worker` (examples/python/tasks.py, thread pool of 2) for one
-    test: `start_python_worker(queue, url)`; every worker it started is stopped at the end."""
+    test: `start_python_worker(queue, broker_url, backend_url=broker_url)`; every worker it
+    started is stopped at the end."""
     started = []
 
-    def start(task_queue, url):
-        argv = [str(CELERY), "-A", "tasks", "-b", url, "--result-backend", url, "worker",
+    def start(task_queue, url, backend=None):
+        argv = [str(CELERY), "-A", "tasks", "-b", url, "--result-backend", backend or url, "worker",
                 "-P", "threads", "-c", "2", "-Q", task_queue, "-n", f"py-{uuid.uuid4().hex[:8]}@%h",
                 "-l", "info"]
         env = worker_env({"PYTHONPATH": str(ROOT / "examples" / "python"), "PYTHONUNBUFFERED": "1"})

@@ -1,0 +1,87 @@
+"""Resilience on RabbitMQ: a Python worker and a celeriac worker sharing an AMQP queue run
+each task once, and the tasks a killed celeriac worker held (acked late) come back at once
+(RabbitMQ requeues a closed channel's unacked messages) and run once more, nothing lost.
+
+Results go to a Redis server of the test's own (`start_redis`), so they can be counted."""
+
+import collections
+import uuid
+
+import kombu
+import pytest
+from celery import Celery
+
+from test_amqp import AMQP_URL, start_amqp_worker
+from test_resilience import start_python_worker, stored_results, wait_for_results, wait_until  # noqa: F401
+
+
+@pytest.fixture
+def amqp_task_queue():
+    """A fresh queue name; the queue and its exchange are deleted afterwards."""
+    name = f"resilience-amqp-{uuid.uuid4()}"
+    yield name
+    with kombu.Connection(AMQP_URL) as connection:
+        channel = connection.default_channel
+        channel.queue_delete(name)
+        channel.exchange_delete(name)
+
+
+def amqp_client(task_queue, backend):
+    app = Celery("amqp-resilience", broker=AMQP_URL, backend=backend)
+    app.conf.task_default_queue = task_queue
+    return app
+
+
+def messages_left(task_queue):
+    """Messages ready or unacked in `task_queue` (a passive declare counts the ready ones;
+    with every consumer gone, unacked ones are ready again)."""
+    with kombu.Connection(AMQP_URL) as connection:
+        _, count, _ = connection.default_channel.queue_declare(task_queue, passive=True)
+        return count
+
+
+def test_a_python_and_a_celeriac_worker_sharing_an_amqp_queue_run_each_task_exactly_once(
+    start_redis, amqp_task_queue, start_python_worker
+):
+    backend = start_redis()
+    celeriac = start_amqp_worker(amqp_task_queue, backend.url, concurrency=4)
+    python = start_python_worker(amqp_task_queue, AMQP_URL, backend.url)
+    app = amqp_client(amqp_task_queue, backend.url)
+
+    expected = {app.send_task("tasks.add", args=(i, 1000 * i)).id: 1001 * i for i in range(1000)}
+    wait_for_results(backend, expected, celeriac, python)
+    celeriac.stop()
+    python.stop()
+
+    by_celeriac, by_python = celeriac.task_ids("succeeded"), python.task_ids("succeeded")
+    runs = collections.Counter(by_celeriac + by_python)
+    assert {i: n for i, n in runs.items() if n != 1} == {}, "tasks that ran more than once"
+    assert set(runs) == set(expected)
+    assert by_celeriac and by_python, f"celeriac ran {len(by_celeriac)}, Python ran {len(by_python)}"
+    assert messages_left(amqp_task_queue) == 0
+
+
+def test_the_tasks_a_killed_celeriac_worker_held_on_amqp_come_back_at_once(start_redis, amqp_task_queue):
+    backend = start_redis()
+    concurrency = 4
+    first = start_amqp_worker(amqp_task_queue, backend.url, "--acks-late", concurrency=concurrency)
+    app = amqp_client(amqp_task_queue, backend.url)
+    expected = {app.send_task("tasks.sleep", args=(0.1,)).id: 0.1 for _ in range(200)}
+
+    wait_until(lambda: len(first.task_ids("succeeded")) >= 40, "40 tasks to succeed", first)
+    first.kill()
+    done_before = set(stored_results(backend, list(expected)))
+    started_by_first = set(first.task_ids("received"))
+
+    second = start_amqp_worker(amqp_task_queue, backend.url, "--acks-late", concurrency=concurrency)
+    wait_for_results(backend, expected, second)
+    second.stop()
+
+    reruns = collections.Counter(second.task_ids("succeeded"))
+    assert {i: n for i, n in reruns.items() if n != 1} == {}, "tasks that ran twice in the new worker"
+    assert set(reruns) | done_before == set(expected)
+    # Only what the killed worker held unacked runs twice: at most its prefetch window
+    # (concurrency x the default multiplier 4), and at least one task it had in hand.
+    twice = set(reruns) & started_by_first
+    assert 0 < len(twice) <= concurrency * 4, f"{len(twice)} tasks ran in both workers"
+    assert messages_left(amqp_task_queue) == 0

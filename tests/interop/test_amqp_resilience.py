@@ -1,16 +1,21 @@
 """Resilience on RabbitMQ: a Python worker and a celeriac worker sharing an AMQP queue run
-each task once, and the tasks a killed celeriac worker held (acked late) come back at once
-(RabbitMQ requeues a closed channel's unacked messages) and run once more, nothing lost.
+each task once; the tasks a killed celeriac worker held (acked late) come back at once
+(RabbitMQ requeues a closed channel's unacked messages) and run once more, nothing lost; and
+a worker whose RabbitMQ restarts (`rabbitmqctl stop_app`/`start_app` on a node of the test's
+own) reconnects by itself and finishes every task.
 
 Results go to a Redis server of the test's own (`start_redis`), so they can be counted."""
 
 import collections
+import time
 import uuid
 
 import kombu
 import pytest
 from celery import Celery
 
+from conftest import start_celeriac
+from rabbit import RabbitNode
 from test_amqp import AMQP_URL, start_amqp_worker
 from test_resilience import start_python_worker, stored_results, wait_for_results, wait_until  # noqa: F401
 
@@ -85,3 +90,43 @@ def test_the_tasks_a_killed_celeriac_worker_held_on_amqp_come_back_at_once(start
     twice = set(reruns) & started_by_first
     assert 0 < len(twice) <= concurrency * 4, f"{len(twice)} tasks ran in both workers"
     assert messages_left(amqp_task_queue) == 0
+
+
+@pytest.fixture
+def rabbit_node(tmp_path_factory):
+    """A RabbitMQ node of the test's own (tests/interop/rabbit.py), stopped at the end."""
+    # Under /tmp: the node's data directory must be reachable by the `rabbitmq` user.
+    directory = tmp_path_factory.mktemp("rabbit")
+    directory.chmod(0o755)
+    for parent in directory.parents:
+        if parent == parent.parent or str(parent) == "/tmp":
+            break
+        parent.chmod(parent.stat().st_mode | 0o005)
+    node = RabbitNode(directory / "node").start()
+    yield node
+    node.stop()
+
+
+def test_celeriac_resumes_by_itself_after_rabbitmq_restarts_and_loses_no_task(start_redis, rabbit_node):
+    backend = start_redis()
+    task_queue = f"resilience-amqp-{uuid.uuid4()}"
+    env = {"CELERY_BROKER_URL": rabbit_node.url, "CELERY_RESULT_BACKEND": backend.url}
+    worker = start_celeriac(task_queue, "--acks-late", concurrency=4, env_overrides=env)
+    app = Celery("amqp-restart", broker=rabbit_node.url, backend=backend.url)
+    app.conf.task_default_queue = task_queue
+    expected = {app.send_task("tasks.sleep", args=(0.05,)).id: 0.05 for _ in range(300)}
+    app.close()
+
+    wait_until(lambda: len(worker.task_ids("succeeded")) >= 60, "60 tasks to succeed", worker)
+    before_restart = len(worker.log)
+    rabbit_node.stop_app()
+    time.sleep(1)
+    rabbit_node.start_app()
+
+    wait_for_results(backend, expected, worker)
+    worker.stop()
+    lost = [line for line in worker.log[before_restart:] if "onnection" in line]
+    assert lost, "the worker did not log the lost connection:\n" + worker.output()[-6000:]
+    with kombu.Connection(rabbit_node.url) as connection:
+        _, left, _ = connection.default_channel.queue_declare(task_queue, passive=True)
+    assert left == 0

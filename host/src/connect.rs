@@ -240,6 +240,10 @@ impl Broker for AnyBroker {
         each_broker!(self, broker => broker.extend_visibility(delivery_tag).await)
     }
 
+    async fn give_back(&self, delivery_tag: &str) -> Result<(), BrokerError> {
+        each_broker!(self, broker => broker.give_back(delivery_tag).await)
+    }
+
     async fn publish(
         &self,
         exchange: &str,

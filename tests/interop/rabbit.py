@@ -70,6 +70,10 @@ class RabbitNode:
     def ctl(self, *args):
         subprocess.run(["rabbitmqctl", "-n", self.node, *args], check=True, capture_output=True, timeout=120)
 
+    def set_env(self, key, value):
+        """Sets the `rabbit` application's `key` (an Erlang term) for channels opened from now."""
+        self.ctl("eval", f"application:set_env(rabbit, {key}, {value}).")
+
     def stop_app(self):
         """Stops the broker inside the node: every connection drops, durable queues and
         persistent messages stay."""

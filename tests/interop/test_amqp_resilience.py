@@ -130,3 +130,33 @@ def test_celeriac_resumes_by_itself_after_rabbitmq_restarts_and_loses_no_task(st
     with kombu.Connection(rabbit_node.url) as connection:
         _, left, _ = connection.default_channel.queue_declare(task_queue, passive=True)
     assert left == 0
+
+
+def test_a_task_waiting_for_an_eta_beyond_the_consumer_timeout_does_not_cost_the_connection(
+    start_redis, rabbit_node
+):
+    # RabbitMQ closes a channel whose delivery stays unacked past consumer_timeout, checked
+    # every channel tick: 3 s and 1 s here instead of 30 min and 1 min.
+    rabbit_node.set_env("consumer_timeout", 3000)
+    rabbit_node.set_env("channel_tick_interval", 1000)
+    backend = start_redis()
+    task_queue = f"consumer-timeout-{uuid.uuid4()}"
+    env = {"CELERY_BROKER_URL": rabbit_node.url, "CELERY_RESULT_BACKEND": backend.url}
+    worker = start_celeriac(task_queue, "--broker-consumer-timeout", "3", env_overrides=env)
+    app = Celery("consumer-timeout", broker=rabbit_node.url, backend=backend.url)
+    app.conf.task_default_queue = task_queue
+
+    sent = time.monotonic()
+    later = app.send_task("tasks.add", args=(20, 22), countdown=10)
+    meanwhile = [app.send_task("tasks.add", args=(i, i)) for i in range(20)]
+    assert [r.get(timeout=20) for r in meanwhile] == [2 * i for i in range(20)]
+    assert later.get(timeout=30) == 42
+    assert time.monotonic() - sent >= 10
+    app.close()
+    worker.stop()
+
+    handed_over = [line for line in worker.log if "sent back to the queue to wait" in line]
+    assert len(handed_over) >= 2, worker.output()[-6000:]
+    assert worker.task_ids("succeeded").count(later.id) == 1
+    trouble = [line for line in worker.log if "PRECONDITION_FAILED" in line or "onnection" in line]
+    assert not trouble, f"the channel was closed over the held message: {trouble}"

@@ -45,6 +45,9 @@
 //! * `polling_interval` (how long one fetch waits): 1 s
 //! * `queue_max_priority`: none
 //! * `connection_name`: `celeriac`
+//! * `consumer_timeout`: 30 min, the server's; a message held for an ETA further away is
+//!   republished and acked before then (see `worker::delivery`), so RabbitMQ never closes
+//!   the channel over it (Celery #6760)
 
 mod fields;
 mod link;
@@ -94,6 +97,10 @@ pub struct AmqpOptions {
     /// The name RabbitMQ lists the connections under (`rabbitmqctl list_connections
     /// client_properties`), followed by ` consumer` or ` publisher`. Default `celeriac`.
     pub connection_name: String,
+    /// The server's `consumer_timeout`: how long a delivery may stay unacked before
+    /// RabbitMQ closes the channel. Messages held for a later ETA are handed back before
+    /// then. Default 30 min (RabbitMQ's default); `None` for a server without one.
+    pub consumer_timeout: Option<Duration>,
 }
 
 impl Default for AmqpOptions {
@@ -102,6 +109,7 @@ impl Default for AmqpOptions {
             polling_interval: Duration::from_secs(1),
             queue_max_priority: None,
             connection_name: "celeriac".to_owned(),
+            consumer_timeout: Some(Duration::from_secs(1800)),
         }
     }
 }
@@ -401,6 +409,7 @@ impl Broker for AmqpBroker {
             fanout: false,
             visibility_timeout: None,
             delayed_delivery: false,
+            unacked_limit: self.options.consumer_timeout,
         }
     }
 

@@ -165,6 +165,10 @@ pub struct Capabilities {
     pub visibility_timeout: Option<Duration>,
     /// The broker can hold a message until a time (RabbitMQ delayed exchange).
     pub delayed_delivery: bool,
+    /// A delivery left unacked this long makes the server close the consumer's channel
+    /// (RabbitMQ's `consumer_timeout`), so a message held for a later ETA must be handed
+    /// back before then; `None` when the server never does that.
+    pub unacked_limit: Option<Duration>,
 }
 
 /// `delivery_info`: where a message was published to.
@@ -251,6 +255,23 @@ pub struct Outgoing {
     /// How long the broker keeps the message before dropping it (AMQP `expiration`;
     /// Celery sets it from `expires`). Transports without message TTLs ignore it.
     pub expiration: Option<Duration>,
+}
+
+impl Outgoing {
+    /// The same message again, as it was delivered: body, headers and properties
+    /// unchanged, its expiration counted from now.
+    pub fn copy_of(delivery: &Delivery) -> Self {
+        Outgoing {
+            body: delivery.body.clone(),
+            content_type: delivery.content_type.clone(),
+            content_encoding: delivery.content_encoding.clone(),
+            headers: delivery.headers.clone(),
+            correlation_id: delivery.properties.correlation_id.clone(),
+            reply_to: delivery.properties.reply_to.clone(),
+            priority: delivery.properties.priority,
+            expiration: expiration_of(&delivery.headers),
+        }
+    }
 }
 
 impl From<EncodedMessage> for Outgoing {

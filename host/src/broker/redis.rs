@@ -565,6 +565,7 @@ impl Broker for RedisBroker {
             fanout: false,
             visibility_timeout: Some(self.options.visibility_timeout),
             delayed_delivery: false,
+            unacked_limit: None,
         }
     }
 

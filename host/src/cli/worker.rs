@@ -43,6 +43,10 @@ pub struct WorkerArgs {
     /// Redis: seconds after which unacked messages go back to their queue [default: 3600]
     #[arg(long, value_name = "SECONDS")]
     pub visibility_timeout: Option<u64>,
+    /// RabbitMQ: the server's consumer_timeout in seconds (0: none); a message waiting for
+    /// a later ETA is republished before it [default: 1800, RabbitMQ's]
+    #[arg(long, value_name = "SECONDS")]
+    pub broker_consumer_timeout: Option<u64>,
     /// Seconds a warm shutdown waits for running tasks
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     pub shutdown_timeout: f64,
@@ -119,6 +123,9 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
             visibility_timeout: Duration::from_secs(seconds),
             ..options.redis
         };
+    }
+    if let Some(seconds) = args.broker_consumer_timeout {
+        options.amqp.consumer_timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
     }
     let broker = Arc::new(args.connection.connect_broker(options).await?);
     let backend = Arc::new(connect_backend(&backend_url, &broker).await?);

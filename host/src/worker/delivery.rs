@@ -9,11 +9,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::backend::{ExceptionInfo, ResultBackend, TaskMeta};
-use crate::broker::{Broker, Consumer, Delivery};
+use crate::broker::{Broker, Consumer, Delivery, Outgoing};
 use crate::protocol::{self, Disposition, TaskMessage};
 
 use super::clock;
-use super::execution::{Settle, TaskRun, store};
+use super::execution::{Settle, TaskRun, routing_key, store};
 use super::reconnect::retrying;
 use super::run_loop::WorkerContext;
 
@@ -59,9 +59,16 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
     }
 
     let due = wait_until_due(&worker, &message);
-    let Some(_slot) = keeping_visible(consumer, &delivery, due).await else {
-        finish(consumer, &delivery, Settle::GiveBack).await;
-        return;
+    let _slot = match keeping_visible(consumer, &delivery, due).await {
+        Due::Run(slot) => slot,
+        Due::Stopping => {
+            finish(consumer, &delivery, Settle::GiveBack).await;
+            return;
+        }
+        Due::HandOver => {
+            hand_over(consumer, &delivery, &message).await;
+            return;
+        }
     };
     // An ETA may have outlived the expiry, or a revoke may have come meanwhile.
     if discard_if_revoked(&worker, &delivery, &message, ignore_result).await {
@@ -100,29 +107,93 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
     }
 }
 
+/// How waiting for a message's turn ended.
+enum Due {
+    /// Its ETA has come and a task slot is free.
+    Run(tokio::sync::OwnedSemaphorePermit),
+    /// The worker began to stop first.
+    Stopping,
+    /// Its ETA lies beyond what the broker lets a delivery stay unacked
+    /// ([`Capabilities::unacked_limit`](crate::broker::Capabilities::unacked_limit)).
+    HandOver,
+}
+
 /// Waits for the message's ETA (lending its prefetch slot meanwhile) and then for a free
-/// task slot; `None` when the worker began to stop first.
+/// task slot. A wait that would outlast the broker's unacked limit ends at three quarters
+/// of it, leaving room for the server's periodic check.
 async fn wait_until_due<B: Broker, R: ResultBackend>(
     worker: &WorkerContext<B, R>,
     message: &TaskMessage,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
+) -> Due {
     let mut stopping = worker.stopping.clone();
+    let hold_limit = worker
+        .consumer
+        .broker()
+        .capabilities()
+        .unacked_limit
+        .map(|limit| limit * 3 / 4);
     let wait = async {
         if let Some(eta) = &message.eta {
             let delay = clock::until(eta.unix_micros());
             if !delay.is_zero() {
                 let _hold = worker.consumer.hold_for_eta();
-                tokio::time::sleep(delay).await;
+                match hold_limit {
+                    Some(limit) if delay > limit => {
+                        tokio::time::sleep(limit).await;
+                        return Due::HandOver;
+                    }
+                    _ => tokio::time::sleep(delay).await,
+                }
             }
         }
-        Arc::clone(&worker.slots).acquire_owned().await.ok()
+        match Arc::clone(&worker.slots).acquire_owned().await {
+            Ok(slot) => Due::Run(slot),
+            Err(_) => Due::Stopping,
+        }
     };
-    let slot = tokio::select! {
+    let due = tokio::select! {
         biased;
-        _ = stopping.wait_for(|stop| *stop) => None,
-        slot = wait => slot,
+        _ = stopping.wait_for(|stop| *stop) => Due::Stopping,
+        due = wait => due,
     };
-    slot.filter(|_| !*worker.stopping.borrow())
+    if *worker.stopping.borrow() {
+        Due::Stopping
+    } else {
+        due
+    }
+}
+
+/// Republishes a message still waiting for its ETA, unchanged, and acks the delivery, so
+/// RabbitMQ's `consumer_timeout` never closes the channel over it (Celery #6760, where the
+/// worker loses its connection and every prefetched message). The copy comes back to a
+/// worker, which holds it again. If it cannot be published, the message goes back with a
+/// requeue instead: redelivered at once, but never lost.
+async fn hand_over<B: Broker>(consumer: &Consumer<B>, delivery: &Delivery, message: &TaskMessage) {
+    let copy = Outgoing::copy_of(delivery);
+    let exchange = &delivery.properties.delivery_info.exchange;
+    match consumer
+        .broker()
+        .publish(exchange, routing_key(delivery), &copy)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(
+                "Task {}[{}] waits for its ETA longer than the broker keeps a message unacked: \
+                 sent back to the queue to wait there",
+                message.task,
+                message.id
+            );
+            finish(consumer, delivery, Settle::Ack).await;
+        }
+        Err(err) => {
+            tracing::warn!(
+                "Task {}[{}] could not be republished to wait for its ETA ({err}): requeued",
+                message.task,
+                message.id
+            );
+            finish(consumer, delivery, Settle::Reject { requeue: true }).await;
+        }
+    }
 }
 
 /// Runs `work` while refreshing the delivery's unacked entry every third of the visibility

@@ -318,7 +318,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
 }
 
 /// The routing key of a delivery, else the queue it came from.
-fn routing_key(delivery: &Delivery) -> &str {
+pub(super) fn routing_key(delivery: &Delivery) -> &str {
     let key = &delivery.properties.delivery_info.routing_key;
     if key.is_empty() { &delivery.queue } else { key }
 }

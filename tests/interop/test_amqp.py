@@ -5,11 +5,12 @@ declares beside it) is deleted afterwards."""
 
 import os
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import kombu
 import pytest
 from celery import Celery
-from celery.exceptions import NotRegistered
+from celery.exceptions import NotRegistered, TaskRevokedError
 
 from conftest import REDIS_URL, start_celeriac
 
@@ -78,6 +79,30 @@ def test_a_failing_task_reraises_value_error(served):
         result.get(timeout=TIMEOUT)
     assert result.state == "FAILURE"
     assert "ValueError" in result.traceback
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "yaml"])
+@pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
+def test_every_serializer_and_compression_round_trips(served, serializer, compression):
+    client, _ = served
+    result = client.send_task(
+        "tasks.echo", args=(1, "two", [3.5]), kwargs={"k": None},
+        serializer=serializer, compression=compression,
+    )
+    assert result.get(timeout=TIMEOUT) == {"args": [1, "two", [3.5]], "kwargs": {"k": None}}
+
+
+def test_a_message_sent_already_expired_is_revoked_without_running(served):
+    # Celery sends it with the AMQP expiration 0: RabbitMQ hands it to a consumer that is
+    # ready at once (ours has free prefetch) or drops it; the worker must then store REVOKED.
+    client, worker = served
+    result = client.send_task(
+        "tasks.add", args=(1, 2), expires=datetime.now(timezone.utc) - timedelta(seconds=5)
+    )
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=TIMEOUT)
+    assert result.state == "REVOKED"
+    assert result.id not in worker.task_ids("succeeded")
 
 
 def test_an_unknown_task_is_not_registered(served):

@@ -209,3 +209,23 @@ def test_a_task_waiting_for_its_countdown_leaves_the_prefetch_slot_free(amqp_que
     finally:
         client.close()
         worker.stop()
+
+
+def test_a_quorum_queue_declared_by_the_client_is_consumed(amqp_queue):
+    # Celery switches to per-consumer QoS for quorum queues: RabbitMQ refuses a consumer
+    # on a quorum queue while its channel has a global prefetch limit.
+    task_queue = amqp_queue()
+    queue = kombu.Queue(
+        task_queue, kombu.Exchange(task_queue), task_queue, queue_arguments={"x-queue-type": "quorum"}
+    )
+    client = amqp_client(task_queue, REDIS_URL, task_queues=[queue])
+    with client.connection_for_write() as connection:
+        queue.bind(connection.default_channel).declare()
+    worker = start_amqp_worker(task_queue, REDIS_URL)
+    try:
+        results = [client.send_task("tasks.add", args=(i, i)) for i in range(10)]
+        assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(10)]
+    finally:
+        client.close()
+        worker.stop()
+    assert "quorum" in worker.output()

@@ -16,8 +16,13 @@
 //! * Prefetch: `basic.qos` with the consumer's prefetch count (`global`, as Celery sets it
 //!   for RabbitMQ 3.x), raised and lowered with ETA holds before the next ack or fetch,
 //!   so the server never pushes more than the worker can hold.
-//! * Quorum queues: not yet. RabbitMQ refuses a consumer on a channel with global QoS
-//!   (Celery switches to per-consumer QoS for them and for RabbitMQ 4).
+//! * Quorum queues: consumed as they are (declared by the client or an operator). RabbitMQ
+//!   refuses their consumers on a channel with global QoS, so once one shows up the
+//!   consumer reconnects with per-consumer QoS, as Celery does. The server then applies a
+//!   changed prefetch count only to consumers created later, so ETA holds no longer raise
+//!   it (Celery has the same limit and uses RabbitMQ's delayed delivery instead, which
+//!   celeriac does not implement yet). lapin does not expose the server's version, so
+//!   RabbitMQ 4 with classic queues keeps the global QoS (still accepted there).
 //! * Publishing: a connection of its own, publisher confirms on every message.
 //! * Reconnection: a fetch that finds its connection gone fails with an error whose
 //!   [`BrokerError::is_connection`] is true; the next fetch connects again, declares its
@@ -57,7 +62,7 @@ mod topology;
 mod uri;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -72,7 +77,7 @@ use super::{Broker, BrokerError, Capabilities, Delivery, Outgoing, PriorityOrder
 
 use self::link::Link;
 use self::replies::ReplyRoutes;
-use self::session::{Incoming, Session};
+use self::session::{Consumed, Incoming, Session};
 
 pub use self::replies::{ReplyRoute, ReplySender};
 pub use self::topology::{Declared, queue_arguments};
@@ -143,6 +148,9 @@ pub struct AmqpBroker {
 struct Qos {
     /// What [`Broker::set_prefetch_limit`] last asked for (0: no limit).
     wanted: AtomicU32,
+    /// The count applies to each consumer rather than to the channel: set once a quorum
+    /// queue is consumed, as RabbitMQ refuses their consumers on a channel with global QoS.
+    per_consumer: AtomicBool,
     /// Wakes a waiting fetch to pass a raised limit on at once.
     changed: Notify,
     /// The consuming channel and the count last applied to it. tokio `Mutex`: held across
@@ -248,23 +256,42 @@ impl AmqpBroker {
                 reason: "the consuming connection closed".to_owned(),
             });
         }
-        if slot.is_none() {
-            let id = self.sessions.fetch_add(1, Ordering::Relaxed);
-            let name = format!("{} consumer", self.options.connection_name);
-            let session = Session::open(id, &self.uri, &self.url, &name).await?;
-            *self.qos.applied.lock().await = Applied {
-                channel: Some(session.channel.clone()),
-                count: None,
-            };
-            *slot = Some(session);
+        loop {
+            if slot.is_none() {
+                let id = self.sessions.fetch_add(1, Ordering::Relaxed);
+                let name = format!("{} consumer", self.options.connection_name);
+                let session = Session::open(id, &self.uri, &self.url, &name).await?;
+                *self.qos.applied.lock().await = Applied {
+                    channel: Some(session.channel.clone()),
+                    count: None,
+                };
+                *slot = Some(session);
+            }
+            let session = slot.as_mut().expect("a session was opened just above");
+            // QoS before the consumers, so the server never sends them more than it allows.
+            self.sync_qos().await?;
+            let per_consumer = self.qos.per_consumer.load(Ordering::Relaxed);
+            match session
+                .consume(queues, self.options.queue_max_priority, per_consumer)
+                .await?
+            {
+                Consumed::All => break,
+                Consumed::QuorumQueue(queue) => {
+                    // Celery's worker_detect_quorum_queues: per-consumer prefetch from now
+                    // on, on a fresh channel (a global limit cannot be taken back).
+                    tracing::info!(
+                        queue,
+                        "consuming a quorum queue: switching to per-consumer prefetch, as Celery does"
+                    );
+                    self.qos.per_consumer.store(true, Ordering::Relaxed);
+                    if let Some(session) = slot.take() {
+                        self.forget_session().await;
+                        session.close().await;
+                    }
+                }
+            }
         }
-        let session = slot.as_mut().expect("a session was opened just above");
-        // QoS before the consumers, so the server never sends them more than it allows.
-        self.sync_qos().await?;
-        session
-            .consume(queues, self.options.queue_max_priority)
-            .await?;
-        Ok(session)
+        Ok(slot.as_mut().expect("the loop ends with a session"))
     }
 
     /// Forgets what belonged to a session that ended: its unacked deliveries (the server
@@ -287,8 +314,9 @@ impl AmqpBroker {
             return Ok(());
         }
         let count = u16::try_from(wanted).unwrap_or(u16::MAX);
+        let global = !self.qos.per_consumer.load(Ordering::Relaxed);
         channel
-            .basic_qos(count, BasicQosOptions { global: true })
+            .basic_qos(count, BasicQosOptions { global })
             .await
             .map_err(amqp_error("basic.qos", &self.url))?;
         applied.count = Some(wanted);

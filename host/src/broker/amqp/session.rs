@@ -37,6 +37,15 @@ pub(super) enum Incoming {
     },
 }
 
+/// How [`Session::consume`] ended.
+pub(super) enum Consumed {
+    /// Every queue is consumed.
+    All,
+    /// This queue is a quorum queue, which RabbitMQ refuses to serve on a channel with
+    /// global QoS (it would close the whole connection): not consumed.
+    QuorumQueue(String),
+}
+
 /// One consuming connection.
 pub(super) struct Session {
     /// Distinguishes this session's delivery tags from an earlier one's (AMQP numbers
@@ -90,17 +99,22 @@ impl Session {
     }
 
     /// Consumes exactly `queues`: declares and consumes the new ones, cancels the others.
+    /// With global QoS (`per_consumer_qos` false) it stops at the first quorum queue.
     pub(super) async fn consume(
         &mut self,
         queues: &[String],
         max_priority: Option<u8>,
-    ) -> Result<(), BrokerError> {
+        per_consumer_qos: bool,
+    ) -> Result<Consumed, BrokerError> {
         self.consumers.retain(|queue, _| queues.contains(queue));
         for queue in queues {
             if self.consumers.contains_key(queue) {
                 continue;
             }
-            declare_task_queue(&self.connection, queue, max_priority).await?;
+            let declared = declare_task_queue(&self.connection, queue, max_priority).await?;
+            if !per_consumer_qos && declared.is_quorum_queue() {
+                return Ok(Consumed::QuorumQueue(queue.clone()));
+            }
             let consumer = self
                 .channel
                 .basic_consume(
@@ -114,7 +128,7 @@ impl Session {
             consumer.set_delegate(forward(Arc::from(queue.as_str()), self.sender.clone()));
             self.consumers.insert(queue.clone(), consumer);
         }
-        Ok(())
+        Ok(Consumed::All)
     }
 
     /// Closes the connection (unacked deliveries go back to their queues).

@@ -28,6 +28,14 @@ pub enum Declared {
     },
 }
 
+impl Declared {
+    /// Whether RabbitMQ said the queue exists as a quorum queue (its refusal names the
+    /// `x-queue-type` it has).
+    pub fn is_quorum_queue(&self) -> bool {
+        matches!(self, Declared::Existing { reason } if reason.contains("x-queue-type") && reason.contains("'quorum'"))
+    }
+}
+
 /// Celery's queue arguments: `x-max-priority` (`task_queue_max_priority`) when set, as
 /// py-amqp encodes a small integer (a signed 32-bit `I`), else none.
 pub fn queue_arguments(max_priority: Option<u8>) -> FieldTable {

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The side-by-side drain benchmark (bench/drain.py): celeriac against the Python Celery worker
-# on the machine's Redis (broker db 8, results db 9; both are flushed). Builds what is
-# missing first (the release worker, the example components, the pinned Celery venv), then
-# passes every argument on, e.g. `scripts/bench-drain.sh --tasks 2000` for a quick run.
+# on the machine's Redis (broker db 8) or, with `--broker amqp`, its RabbitMQ (a queue and
+# exchange of the benchmark's own, `bench-drain`, deleted before each setting and at the end);
+# results always in Redis db 9. Both Redis dbs are flushed. Builds what is missing first (the
+# release worker, the example components, the pinned Celery venv), then passes every argument
+# on, e.g. `scripts/bench-drain.sh --tasks 2000` for a quick run or
+# `scripts/bench-drain.sh --broker amqp` for RabbitMQ.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

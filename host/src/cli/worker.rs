@@ -9,7 +9,7 @@ use celeriac::connect::{AnyBroker, BrokerOptions};
 use celeriac::registry::Registry;
 use celeriac::sandbox::{EngineOptions, Sandbox, SandboxLimits};
 use celeriac::url::redact_password;
-use celeriac::worker::{self, WorkerConfig};
+use celeriac::worker::{self, StateDb, WorkerConfig, WorkerHandle};
 
 use super::{ConnectionOpts, LimitOpts, TasksOpts, connect_backend, exit};
 
@@ -46,6 +46,10 @@ pub struct WorkerArgs {
     /// Seconds a warm shutdown waits for running tasks
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     pub shutdown_timeout: f64,
+    /// File that keeps the revoked task ids across restarts (Celery's --statedb; celeriac's
+    /// own JSON format)
+    #[arg(long, value_name = "PATH")]
+    pub statedb: Option<std::path::PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tasks: TasksOpts,
@@ -122,6 +126,17 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     }
     let broker = Arc::new(args.connection.connect_broker(options).await?);
     let backend = Arc::new(connect_backend(&backend_url, &broker).await?);
+    let handle = match &args.statedb {
+        Some(path) => {
+            let (handle, restored) = WorkerHandle::with_statedb(backend, StateDb::new(path))?;
+            tracing::info!(
+                "Restored {restored} revoked task id(s) from {}",
+                path.display()
+            );
+            handle
+        }
+        None => WorkerHandle::new(backend),
+    };
 
     print_banner(
         &nodename,
@@ -154,7 +169,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
         let _ = second.wait_for(|count| *count >= 2).await;
     };
     let code = tokio::select! {
-        result = worker::run(config, sandbox, registry, broker, backend, shutdown) => {
+        result = worker::run_with(config, sandbox, registry, broker, handle, shutdown) => {
             result?;
             exit::SUCCESS
         }

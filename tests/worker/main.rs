@@ -50,6 +50,8 @@ struct TestWorker {
     handle: Option<JoinHandle<Result<(), WorkerError>>>,
     running: Arc<RunningTasks>,
     revoke: RevokeFn,
+    /// `WorkerHandle::set_rate_limit`.
+    set_rate_limit: Box<dyn Fn(&str, Option<&str>) + Send + Sync>,
     _tasks: tempfile::TempDir,
 }
 
@@ -145,6 +147,10 @@ impl TestWorker {
             None => WorkerHandle::new(stores_through),
         };
         let running = Arc::clone(control.running());
+        let limiter = control.clone();
+        let set_rate_limit = Box::new(move |task: &str, rate: Option<&str>| {
+            limiter.set_rate_limit(task, rate).expect("valid rate");
+        });
         let revoker = control.clone();
         let revoke: RevokeFn = Box::new(move |ids, terminate| {
             let revoker = revoker.clone();
@@ -174,6 +180,7 @@ impl TestWorker {
             handle: Some(handle),
             running,
             revoke,
+            set_rate_limit,
             _tasks: dir,
         }
     }
@@ -700,4 +707,36 @@ async fn revoked_ids_in_the_statedb_survive_a_restart() {
         "the restarted worker ran it: {meta}"
     );
     second.stop().await;
+}
+
+/// When `meta` was stored, in seconds since the epoch.
+fn done_at(meta: &Value) -> f64 {
+    let text = meta["date_done"].as_str().expect("date_done");
+    let at = Timestamp::parse(text).unwrap_or_else(|| panic!("bad date_done {text}"));
+    at.unix_micros() as f64 / 1e6
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_task_starts_at_its_rate_and_waiting_messages_stay_unacked() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.ok", "1")], |config| {
+        config.concurrency = 4;
+    })
+    .await;
+    (w.set_rate_limit)("tasks.ok", Some("5/s"));
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(w.send("tasks.ok", json!([])).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.meta(&ids[5]).await, None, "the sixth waits for its token");
+    assert!(w.unacked_len().await > 0, "waiting messages are not acked");
+    let mut done = Vec::new();
+    for id in &ids {
+        done.push(done_at(&w.wait_for(id, "SUCCESS").await));
+    }
+    done.sort_by(f64::total_cmp);
+    // One token at once, then one every 0.2 s.
+    assert!(done[5] - done[0] >= 5.0 * 0.2 * 0.9, "{done:?}");
+    w.assert_drained().await;
+    w.stop().await;
 }

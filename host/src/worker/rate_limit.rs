@@ -107,19 +107,29 @@ impl Tokens {
 /// The buckets of one worker, by task name, made on first use.
 #[derive(Debug, Default)]
 pub struct RateLimits {
-    buckets: Mutex<HashMap<String, Option<Arc<TokenBucket>>>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// The rate text it was made from.
+    rate: Option<String>,
+    /// Set at run time (Celery's `rate_limit` control command): wins over the task's option.
+    overridden: bool,
+    bucket: Option<Arc<TokenBucket>>,
 }
 
 impl RateLimits {
-    /// The bucket of `task`, whose declared rate limit is `rate`; `None` when unlimited.
-    /// An invalid rate is logged once and means no limit (Celery refuses it at import).
+    /// The bucket of `task`, whose declared rate limit is `rate`; `None` when unlimited. A
+    /// new declaration (a component swapped for another version) gets a new bucket, unless
+    /// the rate was set at run time. An invalid rate is logged and means no limit (Celery
+    /// refuses it when the task is defined).
     pub fn bucket(&self, task: &str, rate: Option<&str>) -> Option<Arc<TokenBucket>> {
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(bucket) = buckets.get(task) {
-            return bucket.clone();
+        let mut buckets = self.lock();
+        if let Some(known) = buckets.get(task)
+            && (known.overridden || known.rate.as_deref() == rate)
+        {
+            return known.bucket.clone();
         }
         let per_second = match rate.map(parse_rate).transpose() {
             Ok(per_second) => per_second.flatten(),
@@ -129,8 +139,36 @@ impl RateLimits {
             }
         };
         let bucket = per_second.map(|rate| Arc::new(TokenBucket::new(rate)));
-        buckets.insert(task.to_owned(), bucket.clone());
+        buckets.insert(
+            task.to_owned(),
+            Bucket {
+                rate: rate.map(str::to_owned),
+                overridden: false,
+                bucket: bucket.clone(),
+            },
+        );
         bucket
+    }
+
+    /// Sets the rate limit of `task` at run time, over its declared one (`None`, `"0"`: no
+    /// limit), as Celery's `rate_limit` control command does.
+    pub fn set(&self, task: &str, rate: Option<&str>) -> Result<(), RateError> {
+        let per_second = rate.map(parse_rate).transpose()?.flatten();
+        self.lock().insert(
+            task.to_owned(),
+            Bucket {
+                rate: rate.map(str::to_owned),
+                overridden: true,
+                bucket: per_second.map(|rate| Arc::new(TokenBucket::new(rate))),
+            },
+        );
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bucket>> {
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -176,5 +214,18 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &again));
         assert!(limits.bucket("tasks.b", None).is_none());
         assert!(limits.bucket("tasks.c", Some("nope")).is_none());
+        // A new version of the task declares another rate: a new bucket.
+        let swapped = limits.bucket("tasks.a", Some("1/s")).expect("limited");
+        assert!(!Arc::ptr_eq(&a, &swapped));
+    }
+
+    #[test]
+    fn a_rate_set_at_run_time_wins_over_the_declared_one() {
+        let limits = RateLimits::default();
+        limits.set("tasks.a", Some("0")).expect("valid");
+        assert!(limits.bucket("tasks.a", Some("5/s")).is_none());
+        limits.set("tasks.a", Some("2/m")).expect("valid");
+        assert!(limits.bucket("tasks.a", None).is_some());
+        assert!(limits.set("tasks.a", Some("2/d")).is_err());
     }
 }

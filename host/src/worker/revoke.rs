@@ -1,6 +1,7 @@
-//! Revoking tasks, Celery's `revoke(task_id, terminate, signal)` control command (spec
-//! celery-worker-behaviour.md §3.9), as a worker API: [`WorkerHandle::revoke`]. The
-//! remote-control handler calls it for a broadcast; tests and embedders call it directly.
+//! The worker's run-time control API, [`WorkerHandle`]: chiefly revoking tasks, Celery's
+//! `revoke(task_id, terminate, signal)` control command (spec celery-worker-behaviour.md
+//! §3.9), and setting a task's rate limit (`rate_limit`). The remote-control handler calls
+//! it for a broadcast; tests and embedders call it directly.
 //!
 //! Also owns the tasks running right now ([`RunningTasks`]), each with the kill switch that
 //! a revoke with `terminate` flips.
@@ -16,6 +17,7 @@ use crate::sandbox::KillSwitch;
 
 use super::RevokedTasks;
 use super::execution::store;
+use super::rate_limit::{RateError, RateLimits};
 use super::statedb::{StateDb, StateDbError};
 
 /// Why a revoke was refused (nothing was revoked).
@@ -52,11 +54,13 @@ impl Revoked {
     }
 }
 
-/// The worker's revoke state and the API to change it. Cheap to clone; clones share it.
-/// Pass it to [`run_with`](super::run_with) so the worker consults it.
+/// The worker's revoked ids, running tasks and rate limits, and the API to change them.
+/// Cheap to clone; clones share them. Pass it to [`run_with`](super::run_with) so the
+/// worker consults it.
 pub struct WorkerHandle<R> {
     revoked: Arc<RevokedTasks>,
     running: Arc<RunningTasks>,
+    rate_limits: Arc<RateLimits>,
     backend: Arc<R>,
     statedb: Option<Arc<StateDb>>,
 }
@@ -66,6 +70,7 @@ impl<R> Clone for WorkerHandle<R> {
         WorkerHandle {
             revoked: Arc::clone(&self.revoked),
             running: Arc::clone(&self.running),
+            rate_limits: Arc::clone(&self.rate_limits),
             backend: Arc::clone(&self.backend),
             statedb: self.statedb.clone(),
         }
@@ -78,6 +83,7 @@ impl<R: ResultBackend> WorkerHandle<R> {
         WorkerHandle {
             revoked: Arc::default(),
             running: Arc::default(),
+            rate_limits: Arc::default(),
             backend,
             statedb: None,
         }
@@ -100,6 +106,17 @@ impl<R: ResultBackend> WorkerHandle<R> {
     /// The tasks running now.
     pub fn running(&self) -> &Arc<RunningTasks> {
         &self.running
+    }
+
+    /// The per-task rate limits.
+    pub(crate) fn rate_limits(&self) -> &Arc<RateLimits> {
+        &self.rate_limits
+    }
+
+    /// Celery's `rate_limit` control command: sets `task`'s rate limit (`"10/s"`, `"5/m"`,
+    /// ...; `None` or `"0"` for none) over the one it declares, in this worker only.
+    pub fn set_rate_limit(&self, task: &str, rate: Option<&str>) -> Result<(), RateError> {
+        self.rate_limits.set(task, rate)
     }
 
     pub(crate) fn backend(&self) -> &Arc<R> {

@@ -41,7 +41,7 @@ pub struct WorkerContext<B: Broker, R: ResultBackend> {
     /// Tasks running now, for a revoke with terminate.
     pub running: Arc<RunningTasks>,
     /// Token buckets of rate-limited tasks.
-    pub rate_limits: RateLimits,
+    pub rate_limits: Arc<RateLimits>,
     /// Turns true when the worker begins to stop.
     pub stopping: watch::Receiver<bool>,
 }
@@ -96,7 +96,7 @@ where
         backend: Arc::clone(control.backend()),
         revoked: Arc::clone(control.revoked()),
         running: Arc::clone(control.running()),
-        rate_limits: RateLimits::default(),
+        rate_limits: Arc::clone(control.rate_limits()),
         stopping: stop_rx,
     });
 

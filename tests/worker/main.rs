@@ -40,6 +40,9 @@ fn redis_url() -> String {
 type RevokeFn =
     Box<dyn Fn(Vec<String>, bool) -> Pin<Box<dyn Future<Output = Revoked> + Send>> + Send + Sync>;
 
+/// `WorkerHandle::set_rate_limit` of such a worker.
+type SetRateLimitFn = Box<dyn Fn(&str, Option<&str>) + Send + Sync>;
+
 /// A worker running in-process on a fresh queue, and what the test needs to look at it.
 struct TestWorker {
     broker: Arc<RedisBroker>,
@@ -50,8 +53,7 @@ struct TestWorker {
     handle: Option<JoinHandle<Result<(), WorkerError>>>,
     running: Arc<RunningTasks>,
     revoke: RevokeFn,
-    /// `WorkerHandle::set_rate_limit`.
-    set_rate_limit: Box<dyn Fn(&str, Option<&str>) + Send + Sync>,
+    set_rate_limit: SetRateLimitFn,
     _tasks: tempfile::TempDir,
 }
 
@@ -148,7 +150,7 @@ impl TestWorker {
         };
         let running = Arc::clone(control.running());
         let limiter = control.clone();
-        let set_rate_limit = Box::new(move |task: &str, rate: Option<&str>| {
+        let set_rate_limit: SetRateLimitFn = Box::new(move |task, rate| {
             limiter.set_rate_limit(task, rate).expect("valid rate");
         });
         let revoker = control.clone();

@@ -92,3 +92,16 @@ def progress(self, steps):
 def read_file(path):
     with open(path) as f:
         return f.read()
+
+
+@app.task(rate_limit="5/s")
+def limited_clock():
+    """Returns the wall-clock time it started at; at most 5 start per second (``rate_limit``)."""
+    return time.time()
+
+
+@app.task(autoretry_for=(ValueError,), retry_backoff=True, retry_jitter=False, max_retries=2)
+def flaky_backoff(message):
+    """Always raises ValueError, retried by ``autoretry_for`` after 1 s, then 2 s (backoff
+    without jitter), then failing with that ValueError."""
+    raise ValueError(message)

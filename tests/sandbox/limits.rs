@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use celeriac::sandbox::{Abort, Outcome, Sandbox, SandboxLimits};
+use celeriac::sandbox::{Abort, KillSwitch, Outcome, Sandbox, SandboxLimits};
 
 use crate::support::guests;
 use crate::support::harness::{invocation, prepare, sandbox};
@@ -75,6 +75,50 @@ async fn infinite_loop_hits_soft_time_limit_first() {
         "{outcome:?}"
     );
     assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_still_serving(&sandbox).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_switch_stops_a_spinning_guest_within_a_tick() {
+    let _serial = SPINNING.lock().await;
+    let sandbox = sandbox();
+    let prepared = prepare(&sandbox, &guests::infinite_loop_guest("hostile"));
+    let (spin_call, _) = invocation("hostile", "[]", "{}", SandboxLimits::new());
+    let kill = KillSwitch::new();
+    let killer = kill.clone();
+    let flipped = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        killer.kill();
+        Instant::now()
+    });
+    let report = sandbox
+        .run_killable(&prepared, spin_call, &kill)
+        .await
+        .expect("the host does not fail");
+    let stopped = Instant::now();
+    let flipped = flipped.await.expect("killer");
+    assert!(
+        matches!(report.outcome, Outcome::Aborted(Abort::Terminated)),
+        "{:?}",
+        report.outcome
+    );
+    assert!(
+        stopped.duration_since(flipped) < Duration::from_millis(100),
+        "stopped {:?} after the switch",
+        stopped.duration_since(flipped)
+    );
+    // A switch flipped before the start stops the task before it runs.
+    let (ok_call, recorder) = invocation("hostile", "[]", "{}", SandboxLimits::new());
+    let ok = prepare(&sandbox, &guests::logging_guest("hostile", "ran"));
+    let report = sandbox
+        .run_killable(&ok, ok_call, &kill)
+        .await
+        .expect("the host does not fail");
+    assert!(matches!(
+        report.outcome,
+        Outcome::Aborted(Abort::Terminated)
+    ));
+    assert!(recorder.logs.lock().unwrap().is_empty(), "the guest ran");
     assert_still_serving(&sandbox).await;
 }
 

@@ -9,6 +9,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +22,9 @@ use celeriac::backend::{
 use celeriac::broker::{Broker, Outgoing, RedisBroker, RedisOptions};
 use celeriac::protocol::{OutgoingTask, Timestamp};
 use celeriac::registry::Registry;
-use celeriac::worker::{self, WorkerConfig, WorkerError};
+use celeriac::worker::{
+    self, Revoked, RunningTasks, StateDb, WorkerConfig, WorkerError, WorkerHandle,
+};
 use redis::aio::MultiplexedConnection;
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
@@ -31,6 +36,13 @@ fn redis_url() -> String {
     std::env::var("CELERIAC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
+/// `WorkerHandle::revoke` of a worker whose backend type the test does not name.
+type RevokeFn =
+    Box<dyn Fn(Vec<String>, bool) -> Pin<Box<dyn Future<Output = Revoked> + Send>> + Send + Sync>;
+
+/// `WorkerHandle::set_rate_limit` of such a worker.
+type SetRateLimitFn = Box<dyn Fn(&str, Option<&str>) + Send + Sync>;
+
 /// A worker running in-process on a fresh queue, and what the test needs to look at it.
 struct TestWorker {
     broker: Arc<RedisBroker>,
@@ -39,12 +51,20 @@ struct TestWorker {
     queue: String,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), WorkerError>>>,
+    running: Arc<RunningTasks>,
+    revoke: RevokeFn,
+    set_rate_limit: SetRateLimitFn,
     _tasks: tempfile::TempDir,
 }
 
 impl TestWorker {
     async fn start(components: Vec<Vec<u8>>, tweak: impl FnOnce(&mut WorkerConfig)) -> Self {
         Self::launch(components, tweak, |_| {}, |backend| backend).await
+    }
+
+    /// Starts a worker that keeps its revoked ids in the state db at `statedb`.
+    async fn start_with_statedb(components: Vec<Vec<u8>>, statedb: PathBuf) -> Self {
+        Self::launch_with(components, |_| {}, |_| {}, |backend| backend, Some(statedb)).await
     }
 
     /// Starts a worker that stores through `wrap(the Redis backend)`; the test reads
@@ -70,6 +90,16 @@ impl TestWorker {
         tweak: impl FnOnce(&mut WorkerConfig),
         broker_options: impl FnOnce(&mut RedisOptions),
         wrap: impl FnOnce(Arc<RedisBackend>) -> Arc<R>,
+    ) -> Self {
+        Self::launch_with(components, tweak, broker_options, wrap, None).await
+    }
+
+    async fn launch_with<R: ResultBackend + 'static>(
+        components: Vec<Vec<u8>>,
+        tweak: impl FnOnce(&mut WorkerConfig),
+        broker_options: impl FnOnce(&mut RedisOptions),
+        wrap: impl FnOnce(Arc<RedisBackend>) -> Arc<R>,
+        statedb: Option<PathBuf>,
     ) -> Self {
         let url = redis_url();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -109,12 +139,36 @@ impl TestWorker {
         config.shutdown_timeout = Duration::from_secs(10);
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(worker::run(
+        let stores_through = wrap(Arc::clone(&backend));
+        let control = match statedb {
+            Some(path) => {
+                WorkerHandle::with_statedb(stores_through, StateDb::new(path))
+                    .expect("state db loads")
+                    .0
+            }
+            None => WorkerHandle::new(stores_through),
+        };
+        let running = Arc::clone(control.running());
+        let limiter = control.clone();
+        let set_rate_limit: SetRateLimitFn = Box::new(move |task, rate| {
+            limiter.set_rate_limit(task, rate).expect("valid rate");
+        });
+        let revoker = control.clone();
+        let revoke: RevokeFn = Box::new(move |ids, terminate| {
+            let revoker = revoker.clone();
+            Box::pin(async move {
+                revoker
+                    .revoke(&ids, terminate, None)
+                    .await
+                    .expect("SIGTERM is known")
+            })
+        });
+        let handle = tokio::spawn(worker::run_with(
             config,
             sandbox,
             registry,
             Arc::clone(&broker),
-            wrap(Arc::clone(&backend)),
+            control,
             async move {
                 let _ = stopped.await;
             },
@@ -126,6 +180,9 @@ impl TestWorker {
             queue,
             stop: Some(stop),
             handle: Some(handle),
+            running,
+            revoke,
+            set_rate_limit,
             _tasks: dir,
         }
     }
@@ -323,7 +380,11 @@ async fn a_retry_is_republished_and_ends_in_max_retries_exceeded() {
     let message = meta["result"]["exc_message"][0]
         .as_str()
         .unwrap_or_default();
-    assert!(message.contains("max retries (1) exceeded"), "{message}");
+    assert_eq!(
+        message,
+        format!("Can't retry tasks.flaky[{id}] args:() kwargs:{{}}")
+    );
+    assert_eq!(retry["children"], json!([[[id, null], null]]));
     w.assert_drained().await;
     w.stop().await;
 }
@@ -554,6 +615,130 @@ async fn a_restore_sweep_leaves_a_message_held_past_the_visibility_timeout_alone
     }
     let meta = w.wait_for(&task.id, "SUCCESS").await;
     assert_eq!(meta["result"], json!(1));
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+/// Waits (up to 10 s) until `id` runs on the worker.
+async fn wait_running(w: &TestWorker, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !w.running.ids().iter().any(|running| running == id) {
+        assert!(Instant::now() < deadline, "task {id} never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_revoked_before_it_arrives_is_discarded_and_never_run() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.ok", "1")], |config| {
+        config.concurrency = 1;
+    })
+    .await;
+    let task = timed_task("tasks.ok", None, None);
+    let revoked = (w.revoke)(vec![task.id.clone()], false).await;
+    assert_eq!(revoked.terminated, None);
+    let meta = w.wait_for(&task.id, "REVOKED").await;
+    assert_eq!(meta["result"], revoked_because("revoked"));
+
+    w.publish(&task).await;
+    let after = w.send("tasks.ok", json!([])).await;
+    w.wait_for(&after, "SUCCESS").await;
+    // A run would have stored SUCCESS over REVOKED.
+    let meta = w.meta(&task.id).await.expect("stored");
+    assert_eq!(meta["status"], "REVOKED");
+    assert_eq!(meta["result"], revoked_because("revoked"));
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminate_stops_a_running_task_at_once_and_the_worker_carries_on() {
+    let mut w = TestWorker::start(
+        vec![
+            guests::infinite_loop_guest("tasks.spin"),
+            guests::ok_guest("tasks.ok", "1"),
+        ],
+        |config| config.acks_late = true,
+    )
+    .await;
+    let id = w.send("tasks.spin", json!([])).await;
+    wait_running(&w, &id).await;
+    let asked = Instant::now();
+    let revoked = (w.revoke)(vec![id.clone(), "not-here".into()], true).await;
+    assert_eq!(revoked.terminated, Some(vec![id.clone()]));
+    assert_eq!(revoked.reply_text(), format!("terminate: {id}"));
+    // REVOKED ("terminated") is stored before the task leaves the running set.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while w.running.ids().contains(&id) {
+        assert!(Instant::now() < deadline, "the task still runs");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "stopped {:?} after the revoke",
+        asked.elapsed()
+    );
+    let meta = w.wait_for(&id, "REVOKED").await;
+    assert_eq!(meta["result"], revoked_because("terminated"));
+    let ok = w.send("tasks.ok", json!([])).await;
+    w.wait_for(&ok, "SUCCESS").await;
+    w.assert_drained().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_ids_in_the_statedb_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let statedb = dir.path().join("worker.state");
+    let mut first =
+        TestWorker::start_with_statedb(vec![guests::ok_guest("tasks.ok", "1")], statedb.clone())
+            .await;
+    let task = timed_task("tasks.ok", None, None);
+    (first.revoke)(vec![task.id.clone()], false).await;
+    first.stop().await;
+
+    let mut second =
+        TestWorker::start_with_statedb(vec![guests::ok_guest("tasks.ok", "1")], statedb).await;
+    second.publish(&task).await;
+    let after = second.send("tasks.ok", json!([])).await;
+    second.wait_for(&after, "SUCCESS").await;
+    second.assert_drained().await;
+    let meta = second.meta(&task.id).await.expect("stored");
+    assert_eq!(
+        meta["status"], "REVOKED",
+        "the restarted worker ran it: {meta}"
+    );
+    second.stop().await;
+}
+
+/// When `meta` was stored, in seconds since the epoch.
+fn done_at(meta: &Value) -> f64 {
+    let text = meta["date_done"].as_str().expect("date_done");
+    let at = Timestamp::parse(text).unwrap_or_else(|| panic!("bad date_done {text}"));
+    at.unix_micros() as f64 / 1e6
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_task_starts_at_its_rate_and_waiting_messages_stay_unacked() {
+    let mut w = TestWorker::start(vec![guests::ok_guest("tasks.ok", "1")], |config| {
+        config.concurrency = 4;
+    })
+    .await;
+    (w.set_rate_limit)("tasks.ok", Some("5/s"));
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(w.send("tasks.ok", json!([])).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.meta(&ids[5]).await, None, "the sixth waits for its token");
+    assert!(w.unacked_len().await > 0, "waiting messages are not acked");
+    let mut done = Vec::new();
+    for id in &ids {
+        done.push(done_at(&w.wait_for(id, "SUCCESS").await));
+    }
+    done.sort_by(f64::total_cmp);
+    // One token at once, then one every 0.2 s.
+    assert!(done[5] - done[0] >= 5.0 * 0.2 * 0.9, "{done:?}");
     w.assert_drained().await;
     w.stop().await;
 }

@@ -414,7 +414,7 @@ class ExampleTasks(unittest.TestCase):
         self.assertIsInstance(err, wit.TaskError_Raised)
         self.assertEqual((err.value.exc_type, err.value.exc_module),
                          ("MaxRetriesExceededError", "celery.exceptions"))
-        self.assertIn("Can't retry tasks.retry_until[T-1]", err.value.message)
+        self.assertEqual(err.value.message, "Can't retry tasks.retry_until[T-1] args:(5,) kwargs:{}")
 
     def test_progress(self):
         self.assertEqual(run("tasks.progress", [3]), ("ok", 3))

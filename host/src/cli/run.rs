@@ -110,8 +110,16 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 if let Some(limit) = worker::max_retries(&retry, &options)
                     && retries >= limit
                 {
-                    let exception =
-                        CeleryException::max_retries_exceeded(&args.call.name, &task_id, limit);
+                    let exception = match &retry.exc {
+                        Some(exc) => CeleryException::from_guest(exc),
+                        None => CeleryException::max_retries_exceeded(
+                            &args.call.name,
+                            &task_id,
+                            &serde_json::from_str::<Vec<serde_json::Value>>(&args_json)
+                                .unwrap_or_default(),
+                            &serde_json::from_str(&kwargs_json).unwrap_or_default(),
+                        ),
+                    };
                     return Ok(report_failure(&exception, args.verbose));
                 }
                 let wait = retry_wait(&retry, &options);

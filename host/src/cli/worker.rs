@@ -9,7 +9,7 @@ use celeriac::connect::{AnyBroker, BrokerOptions};
 use celeriac::registry::Registry;
 use celeriac::sandbox::{EngineOptions, Sandbox, SandboxLimits};
 use celeriac::url::redact_password;
-use celeriac::worker::{self, WorkerConfig};
+use celeriac::worker::{self, StateDb, WorkerConfig, WorkerHandle};
 
 use super::{ConnectionOpts, LimitOpts, TasksOpts, connect_backend, exit};
 
@@ -50,6 +50,10 @@ pub struct WorkerArgs {
     /// Seconds a warm shutdown waits for running tasks
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     pub shutdown_timeout: f64,
+    /// File that keeps the revoked task ids across restarts (Celery's --statedb; celeriac's
+    /// own JSON format); %n is the node name, %h its host, %d the host's domain
+    #[arg(long, value_name = "PATH")]
+    pub statedb: Option<std::path::PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tasks: TasksOpts,
@@ -65,7 +69,20 @@ pub fn main(args: WorkerArgs) -> i32 {
 
 /// Expands Celery's `%h`, `%n`, `%d` (and `%%`) in a node name.
 pub fn expand_nodename(pattern: &str, host: &str) -> String {
-    let (name, domain) = host.split_once('.').unwrap_or((host, ""));
+    let short = host.split_once('.').map_or(host, |(short, _)| short);
+    host_format(pattern, host, short)
+}
+
+/// Celery's `node_format` for `--statedb`: `%h` the node's host, `%n` its name (the part
+/// before `@`), `%d` the host's domain.
+fn node_format(pattern: &str, nodename: &str) -> String {
+    let (name, host) = nodename.split_once('@').unwrap_or(("celery", nodename));
+    host_format(pattern, host, name)
+}
+
+/// Celery's `host_format`: `%h` → `host`, `%n` → `name`, `%d` → the domain of `host`.
+fn host_format(pattern: &str, host: &str, name: &str) -> String {
+    let domain = host.split_once('.').map_or("", |(_, domain)| domain);
     let mut out = String::new();
     let mut chars = pattern.chars();
     while let Some(c) = chars.next() {
@@ -129,6 +146,15 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     }
     let broker = Arc::new(args.connection.connect_broker(options).await?);
     let backend = Arc::new(connect_backend(&backend_url, &broker).await?);
+    let handle = match &args.statedb {
+        Some(pattern) => {
+            let path = node_format(&pattern.to_string_lossy(), &nodename);
+            let (handle, restored) = WorkerHandle::with_statedb(backend, StateDb::new(&path))?;
+            tracing::info!("Restored {restored} revoked task id(s) from {path}");
+            handle
+        }
+        None => WorkerHandle::new(backend),
+    };
 
     print_banner(
         &nodename,
@@ -161,7 +187,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
         let _ = second.wait_for(|count| *count >= 2).await;
     };
     let code = tokio::select! {
-        result = worker::run(config, sandbox, registry, broker, backend, shutdown) => {
+        result = worker::run_with(config, sandbox, registry, broker, handle, shutdown) => {
             result?;
             exit::SUCCESS
         }
@@ -282,7 +308,16 @@ async fn wait_for_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::expand_nodename;
+    use super::{expand_nodename, node_format};
+
+    #[test]
+    fn statedb_expansions_name_the_node_as_celery_does() {
+        assert_eq!(
+            node_format("/var/run/%n@%h.state", "w1@box.example.com"),
+            "/var/run/w1@box.example.com.state"
+        );
+        assert_eq!(node_format("%d/%n.db", "celery@box.lan"), "lan/celery.db");
+    }
 
     #[test]
     fn nodename_expansions_follow_celery() {

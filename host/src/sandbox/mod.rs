@@ -9,6 +9,7 @@
 mod bindings;
 mod engine;
 mod guest_state;
+mod kill;
 mod limits;
 mod outcome;
 mod output;
@@ -27,6 +28,7 @@ pub use bindings::types::{
     TaskOptions,
 };
 pub use engine::EngineOptions;
+pub use kill::KillSwitch;
 pub use limits::SandboxLimits;
 pub use outcome::{Abort, Outcome, RunReport};
 pub use policy::{DirGrant, WasiPolicy};
@@ -230,7 +232,45 @@ impl Sandbox {
         prepared: &Prepared,
         invocation: Invocation,
     ) -> Result<RunReport, SandboxError> {
+        self.run_killable(prepared, invocation, &KillSwitch::new())
+            .await
+    }
+
+    /// Like [`run`](Self::run), but flipping `kill` ends the task at once with
+    /// [`Abort::Terminated`]: its instance is dropped at the guest's next yield, or right
+    /// away when it waits in a host call.
+    pub async fn run_killable(
+        &self,
+        prepared: &Prepared,
+        invocation: Invocation,
+        kill: &KillSwitch,
+    ) -> Result<RunReport, SandboxError> {
         let started = Instant::now();
+        let aborted = |abort| RunReport {
+            outcome: Outcome::Aborted(abort),
+            duration: started.elapsed(),
+            peak_memory_bytes: 0,
+        };
+        if kill.is_killed() {
+            return Ok(aborted(Abort::Terminated));
+        }
+        // The epoch callback stops a guest that computes past its limit; this deadline
+        // stops one that sits in a host call (a sleep) past it.
+        let deadline = kill::first_deadline(&invocation.limits);
+        tokio::select! {
+            biased;
+            () = kill.killed() => Ok(aborted(Abort::Terminated)),
+            abort = kill::reached(deadline) => Ok(aborted(abort)),
+            report = self.run_to_end(prepared, invocation, started) => report,
+        }
+    }
+
+    async fn run_to_end(
+        &self,
+        prepared: &Prepared,
+        invocation: Invocation,
+        started: Instant,
+    ) -> Result<RunReport, SandboxError> {
         let argument_bytes = invocation.args_json.len() + invocation.kwargs_json.len();
         if argument_bytes > invocation.limits.max_argument_bytes {
             return Ok(RunReport {

@@ -29,6 +29,8 @@ pub enum Abort {
         /// The cap, in bytes.
         limit_bytes: usize,
     },
+    /// A revoke with `terminate` stopped the task.
+    Terminated,
     /// The guest's call stack overflowed (unbounded recursion).
     StackOverflow,
     /// The guest trapped (a Rust panic, `unreachable`, an out-of-bounds access, ...).
@@ -61,6 +63,7 @@ impl std::fmt::Display for Abort {
             Abort::MemoryLimit { limit_bytes } => {
                 write!(f, "memory limit of {} MiB exceeded", limit_bytes >> 20)
             }
+            Abort::Terminated => write!(f, "terminated by a revoke"),
             Abort::StackOverflow => write!(f, "stack overflow (unbounded recursion?)"),
             Abort::Trap(message) => write!(f, "guest trapped: {message}"),
             Abort::ResultTooLarge { size, limit } => {

@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use super::log_format::{python_args, python_repr, python_tuple};
 use crate::sandbox::{Abort, Exception, Outcome, RejectRequest, RetryRequest, TaskError};
 
 /// An exception as Celery's result backend encodes it (`exc_type`, `exc_module`,
@@ -40,10 +41,19 @@ impl CeleryException {
         }
     }
 
-    /// `MaxRetriesExceededError`, as Celery's `Task.retry` raises it.
-    pub fn max_retries_exceeded(task: &str, task_id: &str, max_retries: u32) -> Self {
-        let message =
-            format!("Can't retry {task}[{task_id}]: max retries ({max_retries}) exceeded");
+    /// `MaxRetriesExceededError`, as Celery's `Task.retry` raises it (the message names the
+    /// arguments as the retried signature holds them: a tuple and a dict).
+    pub fn max_retries_exceeded(
+        task: &str,
+        task_id: &str,
+        args: &[Value],
+        kwargs: &serde_json::Map<String, Value>,
+    ) -> Self {
+        let message = format!(
+            "Can't retry {task}[{task_id}] args:{} kwargs:{}",
+            python_tuple(args),
+            python_repr(&Value::Object(kwargs.clone()))
+        );
         CeleryException::new(
             "celery.exceptions",
             "MaxRetriesExceededError",
@@ -52,7 +62,45 @@ impl CeleryException {
         )
     }
 
-    fn from_guest(exception: &Exception) -> Self {
+    /// billiard's `TimeLimitExceeded(limit)`, `limit` as the message or task gave it.
+    pub fn time_limit_exceeded(limit: Value) -> Self {
+        // billiard's __str__: "TimeLimitExceeded(2,)".
+        let message = format!("TimeLimitExceeded({},)", python_repr(&limit));
+        CeleryException::new(
+            "billiard.exceptions",
+            "TimeLimitExceeded",
+            vec![limit],
+            message,
+        )
+    }
+
+    /// billiard's `SoftTimeLimitExceeded()`, raised without arguments.
+    pub fn soft_time_limit_exceeded() -> Self {
+        CeleryException::new(
+            "billiard.exceptions",
+            "SoftTimeLimitExceeded",
+            vec![],
+            "SoftTimeLimitExceeded()".to_owned(),
+        )
+    }
+
+    /// `TaskRevokedError(reason)`: "revoked", "expired" or "terminated".
+    pub fn task_revoked(reason: &str) -> Self {
+        CeleryException::new(
+            "celery.exceptions",
+            "TaskRevokedError",
+            vec![Value::from(reason)],
+            reason.to_owned(),
+        )
+    }
+
+    /// The exception's repr, as Celery logs it: `KeyError('k')`.
+    pub fn repr(&self) -> String {
+        format!("{}({})", self.exc_type, python_args(&self.exc_message))
+    }
+
+    /// A guest's exception, its `exc_args` decoded.
+    pub fn from_guest(exception: &Exception) -> Self {
         let args = match serde_json::from_str::<Value>(&exception.exc_args) {
             Ok(Value::Array(args)) => args,
             // A guest that sends something other than a JSON array still gets its message
@@ -72,16 +120,11 @@ impl CeleryException {
         let text = abort.to_string();
         match abort {
             // Celery stores the limit in seconds as the only argument.
-            Abort::TimeLimit(limit) => CeleryException::new(
-                "billiard.exceptions",
-                "TimeLimitExceeded",
-                vec![Value::from(limit.as_secs_f64())],
-                text,
-            ),
-            // billiard raises SoftTimeLimitExceeded() without arguments.
-            Abort::SoftTimeLimit(_) => {
-                CeleryException::new("billiard.exceptions", "SoftTimeLimitExceeded", vec![], text)
+            Abort::TimeLimit(limit) => {
+                CeleryException::time_limit_exceeded(Value::from(limit.as_secs_f64()))
             }
+            Abort::SoftTimeLimit(_) => CeleryException::soft_time_limit_exceeded(),
+            Abort::Terminated => CeleryException::task_revoked("terminated"),
             Abort::MemoryLimit { .. } => CeleryException::new(
                 "builtins",
                 "MemoryError",

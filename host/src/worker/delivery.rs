@@ -1,6 +1,6 @@
 //! One delivery from arrival to its final ack or reject: decode it, resolve its task,
-//! discard it when revoked or expired, wait for its ETA and a free slot, ack it early or
-//! late, and run it.
+//! discard it when revoked or expired, wait for its ETA, its rate limit and a free slot,
+//! ack it early or late, and run it (killably, for a revoke with terminate).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
         return;
     }
 
-    let due = wait_until_due(&worker, &message);
+    let due = wait_until_due(&worker, &message, options.rate_limit.as_deref());
     let _slot = match keeping_visible(consumer, &delivery, due).await {
         Due::Run(slot) => slot,
         Due::Stopping => {
@@ -70,6 +70,9 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
             return;
         }
     };
+    // Registered before the second check: a revoke adds the id before it looks for running
+    // tasks, so a terminate cannot slip between the check and the start.
+    let running = worker.running.start(&message.id);
     // An ETA may have outlived the expiry, or a revoke may have come meanwhile.
     if discard_if_revoked(&worker, &delivery, &message, ignore_result).await {
         return;
@@ -91,11 +94,13 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
         // STARTED is informative: the task runs even when it cannot be written.
         let _ = run.store(started).await;
     }
+    let execution = run.execute(&component.prepared, &running.kill);
     let settle = if acks_late {
-        keeping_visible(consumer, &delivery, run.execute(&component.prepared)).await
+        keeping_visible(consumer, &delivery, execution).await
     } else {
-        run.execute(&component.prepared).await
+        execution.await
     };
+    drop(running);
     if acks_late {
         finish(consumer, &delivery, settle).await;
     } else if settle == (Settle::Reject { requeue: true }) {
@@ -118,12 +123,14 @@ enum Due {
     HandOver,
 }
 
-/// Waits for the message's ETA (lending its prefetch slot meanwhile) and then for a free
-/// task slot. A wait that would outlast the broker's unacked limit ends at three quarters
-/// of it, leaving room for the server's periodic check.
+/// Waits for the message's ETA (lending its prefetch slot meanwhile), then for a token of
+/// the task's rate limit (keeping the slot, as Celery does), then for a free task slot. An
+/// ETA wait that would outlast the broker's unacked limit ends at three quarters of it,
+/// leaving room for the server's periodic check.
 async fn wait_until_due<B: Broker, R: ResultBackend>(
     worker: &WorkerContext<B, R>,
     message: &TaskMessage,
+    rate_limit: Option<&str>,
 ) -> Due {
     let mut stopping = worker.stopping.clone();
     let hold_limit = worker
@@ -145,6 +152,9 @@ async fn wait_until_due<B: Broker, R: ResultBackend>(
                     _ => tokio::time::sleep(delay).await,
                 }
             }
+        }
+        if let Some(bucket) = worker.rate_limits.bucket(&message.task, rate_limit) {
+            bucket.take().await;
         }
         match Arc::clone(&worker.slots).acquire_owned().await {
             Ok(slot) => Due::Run(slot),

@@ -4,16 +4,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::backend::{BackendError, ExceptionInfo, ExtendedFields, ResultBackend, TaskMeta};
 use crate::broker::{Broker, Delivery};
 use crate::protocol::TaskMessage;
-use crate::sandbox::{Invocation, Prepared, Request, TaskOptions};
+use crate::sandbox::{
+    Abort, Invocation, KillSwitch, Outcome, Prepared, Request, RetryRequest, TaskOptions,
+};
 
-use super::log_format::{python_args, truncate};
+use super::limits::limit_as_given;
+use super::log_format::{python_repr, truncate};
 use super::reconnect::retrying;
-use super::retry::{max_retries, retry_eta, retry_message};
+use super::retry::{max_retries, retry_eta, retry_message, retry_when};
 use super::run_loop::WorkerContext;
 use super::state_updates::StateUpdates;
 use super::{CeleryException, HeaderTimeLimits, TaskState, TracingTaskEvents, resolve_limits};
@@ -93,7 +96,8 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
     }
 
     /// Runs the task, stores what it reported, and says what to do with its message.
-    pub async fn execute(&self, prepared: &Prepared) -> Settle {
+    /// Flipping `kill` (a revoke with terminate) stops it at once.
+    pub async fn execute(&self, prepared: &Prepared, kill: &KillSwitch) -> Settle {
         let message = self.message;
         let (events, updates) = StateUpdates::start(
             Arc::clone(&self.worker.backend),
@@ -103,14 +107,11 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
             },
             self.worker.config.result_extended.then(|| self.extended()),
         );
-        let limits = resolve_limits(
-            &self.worker.config.limits,
-            self.options,
-            HeaderTimeLimits {
-                hard: message.timelimit.hard,
-                soft: message.timelimit.soft,
-            },
-        );
+        let header = HeaderTimeLimits {
+            hard: message.timelimit.hard,
+            soft: message.timelimit.soft,
+        };
+        let limits = resolve_limits(&self.worker.config.limits, self.options, header);
         let invocation = Invocation {
             request: self.request(),
             args_json: message.args_json.clone(),
@@ -119,15 +120,25 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
             events,
         };
         let started = Instant::now();
-        let report = self.worker.sandbox.run(prepared, invocation).await;
+        let report = self
+            .worker
+            .sandbox
+            .run_killable(prepared, invocation, kill)
+            .await;
         let elapsed = started.elapsed();
         updates.finish().await;
 
-        let stored = match report {
-            Ok(report) => {
-                self.report(super::task_state(&report.outcome), elapsed)
-                    .await
+        let stored = match report.map(|report| report.outcome) {
+            Ok(Outcome::Aborted(Abort::TimeLimit(limit))) => {
+                let given = limit_as_given(header.hard, self.options.time_limit, limit);
+                self.hard_time_limit_exceeded(given).await
             }
+            Ok(Outcome::Aborted(Abort::SoftTimeLimit(limit))) => {
+                let given = limit_as_given(header.soft, self.options.soft_time_limit, limit);
+                self.soft_time_limit_exceeded(given).await
+            }
+            Ok(Outcome::Aborted(Abort::Terminated)) => self.terminated().await,
+            Ok(outcome) => self.report(super::task_state(&outcome), elapsed).await,
             Err(err) => {
                 tracing::error!("Task {}[{}] could not run: {err}", message.task, message.id);
                 let exception = CeleryException {
@@ -149,6 +160,57 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                 Settle::Ack
             }
         })
+    }
+
+    /// Celery's pool killed the process: the log lines of `on_timeout` and FAILURE with
+    /// `TimeLimitExceeded(limit)`, no traceback; acked (`acks_on_failure_or_timeout`).
+    async fn hard_time_limit_exceeded(&self, limit: Value) -> Result<Settle, BackendError> {
+        let message = self.message;
+        tracing::error!(
+            "Task handler raised error: TimeLimitExceeded({})",
+            python_repr(&limit)
+        );
+        tracing::error!(
+            "Hard time limit ({}s) exceeded for {}[{}]",
+            python_repr(&limit),
+            message.task,
+            message.id
+        );
+        self.write_failure(&CeleryException::time_limit_exceeded(limit))
+            .await?;
+        Ok(Settle::Ack)
+    }
+
+    /// `SoftTimeLimitExceeded` raised in the task and not handled there: an ordinary
+    /// failure, announced by the main process's warning.
+    async fn soft_time_limit_exceeded(&self, limit: Value) -> Result<Settle, BackendError> {
+        tracing::warn!(
+            "Soft time limit ({}s) exceeded for {}[{}]",
+            python_repr(&limit),
+            self.message.task,
+            self.message.id
+        );
+        self.store_failure(&CeleryException::soft_time_limit_exceeded())
+            .await?;
+        Ok(Settle::Ack)
+    }
+
+    /// A revoke with terminate ended the task: REVOKED ("terminated"), message acked, as
+    /// Celery's `Request.terminate` announces it.
+    async fn terminated(&self) -> Result<Settle, BackendError> {
+        if !self.ignore_result {
+            let exception = CeleryException::task_revoked("terminated");
+            let meta = TaskMeta::revoked(
+                &self.message.id,
+                ExceptionInfo {
+                    exc_type: &exception.exc_type,
+                    exc_module: &exception.exc_module,
+                    exc_message: &exception.exc_message,
+                },
+            );
+            self.store(meta).await?;
+        }
+        Ok(Settle::Ack)
     }
 
     /// Logs and stores the state the task ended in.
@@ -179,61 +241,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                 self.store_failure(&exception).await?;
                 Ok(Settle::Ack)
             }
-            TaskState::Retry(retry) => {
-                if let Some(limit) = max_retries(&retry, self.options)
-                    && message.retries >= limit
-                {
-                    let exception =
-                        CeleryException::max_retries_exceeded(&message.task, &message.id, limit);
-                    self.store_failure(&exception).await?;
-                    return Ok(Settle::Ack);
-                }
-                let eta = retry_eta(&retry, self.options, super::clock::now_micros());
-                let outgoing = retry_message(message, eta.clone(), &self.worker.config.nodename);
-                let exchange = &self.delivery.properties.delivery_info.exchange;
-                let published = self
-                    .worker
-                    .consumer
-                    .broker()
-                    .publish(exchange, routing_key(self.delivery), &outgoing)
-                    .await;
-                if let Err(err) = published {
-                    tracing::error!(
-                        "Task {}[{}] retry could not be published: {err}",
-                        message.task,
-                        message.id
-                    );
-                    return Ok(Settle::Reject { requeue: true });
-                }
-                tracing::info!(
-                    "Task {}[{}] retry: Retry in {eta}",
-                    message.task,
-                    message.id
-                );
-                if !self.ignore_result {
-                    let meta = match &retry.exc {
-                        Some(exc) => {
-                            let args = match serde_json::from_str::<Value>(&exc.exc_args) {
-                                Ok(Value::Array(args)) => args,
-                                _ => vec![Value::from(exc.message.clone())],
-                            };
-                            TaskMeta::retry(
-                                &message.id,
-                                Some(ExceptionInfo {
-                                    exc_type: &exc.exc_type,
-                                    exc_module: &exc.exc_module,
-                                    exc_message: &args,
-                                }),
-                                exc.traceback.as_deref(),
-                            )
-                        }
-                        None => TaskMeta::retry(&message.id, None, None),
-                    };
-                    // The retry is published: a lost RETRY state must not run it twice.
-                    let _ = self.store(meta).await;
-                }
-                Ok(Settle::Ack)
-            }
+            TaskState::Retry(retry) => self.retry(&retry).await,
             TaskState::Rejected(reject) => {
                 tracing::warn!(
                     "Task {}[{}] rejected (requeue={}): {}",
@@ -266,14 +274,82 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
         }
     }
 
+    /// Celery's `Task.retry` after the task ended with a Retry: past the retry limit the
+    /// task fails (with the given exception, else MaxRetriesExceededError); otherwise the
+    /// message is republished and RETRY stored.
+    async fn retry(&self, retry: &RetryRequest) -> Result<Settle, BackendError> {
+        let message = self.message;
+        let exc = retry.exc.as_ref().map(CeleryException::from_guest);
+        if let Some(limit) = max_retries(retry, self.options)
+            && message.retries >= limit
+        {
+            let exception = exc.unwrap_or_else(|| {
+                CeleryException::max_retries_exceeded(
+                    &message.task,
+                    &message.id,
+                    &message.args,
+                    &message.kwargs,
+                )
+            });
+            self.store_failure(&exception).await?;
+            return Ok(Settle::Ack);
+        }
+        let eta = retry_eta(retry, self.options, super::clock::now_micros());
+        let outgoing = retry_message(message, eta, &self.worker.config.nodename);
+        let exchange = &self.delivery.properties.delivery_info.exchange;
+        let published = self
+            .worker
+            .consumer
+            .broker()
+            .publish(exchange, routing_key(self.delivery), &outgoing)
+            .await;
+        if let Err(err) = published {
+            tracing::error!(
+                "Task {}[{}] retry could not be published: {err}",
+                message.task,
+                message.id
+            );
+            return Ok(Settle::Reject { requeue: true });
+        }
+        let reason = match &exc {
+            Some(exc) => format!("Retry {}: {}", retry_when(retry, self.options), exc.repr()),
+            None => format!("Retry {}", retry_when(retry, self.options)),
+        };
+        tracing::info!("Task {}[{}] retry: {reason}", message.task, message.id);
+        if !self.ignore_result {
+            let meta = match &exc {
+                Some(exc) => TaskMeta::retry(
+                    &message.id,
+                    Some(ExceptionInfo {
+                        exc_type: &exc.exc_type,
+                        exc_module: &exc.exc_module,
+                        exc_message: &exc.exc_message,
+                    }),
+                    exc.traceback.as_deref(),
+                ),
+                None => TaskMeta::retry(&message.id, None, None),
+            };
+            // Celery's quirk: the republished message registers as a child of the task.
+            let meta = meta.with_children(&json!([[[message.id, null], null]]));
+            // The retry is published: a lost RETRY state must not run it twice.
+            let _ = self.store(meta).await;
+        }
+        Ok(Settle::Ack)
+    }
+
+    /// Logs the failure as Celery does and stores it.
     async fn store_failure(&self, exception: &CeleryException) -> Result<(), BackendError> {
         tracing::error!(
-            "Task {}[{}] raised unexpected: {}({})",
+            "Task {}[{}] raised unexpected: {}",
             self.message.task,
             self.message.id,
-            exception.exc_type,
-            python_args(&exception.exc_message)
+            exception.repr()
         );
+        self.write_failure(exception).await
+    }
+
+    /// Stores FAILURE with `exception` unless results are ignored.
+    async fn write_failure(&self, exception: &CeleryException) -> Result<(), BackendError> {
         if self.ignore_result {
             return Ok(());
         }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::sandbox::{SandboxLimits, TaskOptions};
 
 /// The `timelimit` header of a message: `[hard, soft]` in seconds, each optional.
@@ -32,6 +34,19 @@ pub fn resolve_limits(
     limits.time_limit = pick(header.hard, options.time_limit, worker.time_limit);
     limits.soft_time_limit = pick(header.soft, options.soft_time_limit, worker.soft_time_limit);
     limits
+}
+
+/// A limit as Celery hands it to the exception and the log line: the number the message or
+/// the task gave (whole numbers as integers, as Python clients and `@app.task(time_limit=2)`
+/// give them), else the worker's `--time-limit` / `--soft-time-limit` flag, a float in
+/// Celery's CLI. `resolved` is what [`resolve_limits`] chose.
+pub fn limit_as_given(header: Option<f64>, option: Option<f64>, resolved: Duration) -> Value {
+    let valid = |value: &f64| seconds(*value).is_some();
+    match header.filter(valid).or_else(|| option.filter(valid)) {
+        Some(given) if given.fract() == 0.0 && given < 9.0e15 => Value::from(given as i64),
+        Some(given) => Value::from(given),
+        None => Value::from(resolved.as_secs_f64()),
+    }
 }
 
 fn seconds(value: f64) -> Option<Duration> {
@@ -67,6 +82,15 @@ mod tests {
         assert_eq!(resolved.soft_time_limit, Some(Duration::from_secs(2)));
         let resolved = resolve_limits(&worker, &options(None, None), HeaderTimeLimits::default());
         assert_eq!(resolved.time_limit, Some(Duration::from_secs(100)));
+    }
+
+    #[test]
+    fn a_limit_reads_as_the_message_or_task_gave_it_else_as_the_flags_float() {
+        let two = Duration::from_secs(2);
+        assert_eq!(limit_as_given(Some(2.0), None, two), Value::from(2));
+        assert_eq!(limit_as_given(Some(1.5), Some(9.0), two), Value::from(1.5));
+        assert_eq!(limit_as_given(Some(0.0), Some(2.0), two), Value::from(2));
+        assert_eq!(limit_as_given(None, None, two).to_string(), "2.0");
     }
 
     #[test]

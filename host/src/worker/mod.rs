@@ -10,6 +10,8 @@
 //!   early and late acks);
 //! * `execution`: one task run and the state it leaves; `retry`: what a retry publishes;
 //! * `state_updates`: `update_state` from a running guest; `revoked`: the revoked ids;
+//! * `revoke`: the revoke API ([`WorkerHandle`]) and the running tasks it can terminate;
+//!   `statedb`: the revoked ids kept across restarts; `rate_limit`: per-task token buckets;
 //! * `reconnect`: retrying broker and backend calls across a dropped connection.
 
 mod celery_state;
@@ -19,18 +21,24 @@ mod delivery;
 mod execution;
 mod limits;
 mod log_format;
+mod rate_limit;
 mod reconnect;
 mod retry;
+mod revoke;
 mod revoked;
 mod run_loop;
 mod state_updates;
+mod statedb;
 mod task_log;
 
 pub use celery_state::{CeleryException, TaskState, task_state};
 pub use clock::now_micros;
 pub use config::{WorkerConfig, WorkerError};
-pub use limits::{HeaderTimeLimits, resolve_limits};
-pub use retry::{max_retries, retry_eta, retry_message};
+pub use limits::{HeaderTimeLimits, limit_as_given, resolve_limits};
+pub use rate_limit::{RateError, parse_rate};
+pub use retry::{max_retries, retry_eta, retry_message, retry_when};
+pub use revoke::{RevokeError, Revoked, RunningTask, RunningTasks, WorkerHandle};
 pub use revoked::RevokedTasks;
-pub use run_loop::run;
+pub use run_loop::{run, run_with};
+pub use statedb::{StateDb, StateDbError};
 pub use task_log::TracingTaskEvents;

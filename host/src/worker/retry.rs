@@ -29,15 +29,41 @@ pub fn retry_eta(retry: &RetryRequest, options: &TaskOptions, now_micros: i64) -
     if let Some(eta) = retry.eta.as_deref().and_then(Timestamp::parse) {
         return eta;
     }
-    let seconds = retry
-        .countdown
-        .or(options.default_retry_delay)
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .unwrap_or(DEFAULT_RETRY_DELAY_SECS);
+    let seconds = countdown(retry, options);
     Timestamp::from_unix_micros(now_micros.saturating_add((seconds * 1e6) as i64))
 }
 
-/// The copy of `message` that runs again at `eta`, one retry later, sent by `origin`.
+/// Celery's `Retry.humanize()`: `in 2s` for a countdown, `at <eta>` for an eta.
+pub fn retry_when(retry: &RetryRequest, options: &TaskOptions) -> String {
+    match retry
+        .eta
+        .as_deref()
+        .filter(|eta| Timestamp::parse(eta).is_some())
+    {
+        // str(datetime) separates the date and the time with a space.
+        Some(eta) => format!("at {}", eta.replacen('T', " ", 1)),
+        None => {
+            let seconds = countdown(retry, options);
+            if seconds.fract() == 0.0 && seconds < 9.0e15 {
+                format!("in {}s", seconds as i64)
+            } else {
+                format!("in {seconds}s")
+            }
+        }
+    }
+}
+
+fn countdown(retry: &RetryRequest, options: &TaskOptions) -> f64 {
+    retry
+        .countdown
+        .or(options.default_retry_delay)
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .unwrap_or(DEFAULT_RETRY_DELAY_SECS)
+}
+
+/// The copy of `message` that runs again at `eta`, one retry later, sent by `origin`. As in
+/// Celery, the retry is published from inside the task, so its `parent_id` is the task's own
+/// id.
 pub fn retry_message(message: &TaskMessage, eta: Timestamp, origin: &str) -> Outgoing {
     let m = message;
     let task = OutgoingTask {
@@ -50,7 +76,7 @@ pub fn retry_message(message: &TaskMessage, eta: Timestamp, origin: &str) -> Out
         retries: m.retries + 1,
         timelimit: m.timelimit,
         root_id: m.root_id.clone(),
-        parent_id: m.parent_id.clone(),
+        parent_id: Some(m.id.clone()),
         group: m.group.clone(),
         group_index: m.group_index,
         shadow: m.shadow.clone(),
@@ -92,6 +118,49 @@ mod tests {
         assert_eq!(at.unix_micros(), 6_000_000);
         let at = retry_eta(&retry(None, None), &TaskOptions::default(), 0);
         assert_eq!(at.unix_micros(), 180_000_000);
+    }
+
+    #[test]
+    fn the_retry_reads_in_seconds_or_at_a_time() {
+        let options = TaskOptions::default();
+        assert_eq!(retry_when(&retry(Some(2.0), None), &options), "in 2s");
+        assert_eq!(retry_when(&retry(Some(0.1), None), &options), "in 0.1s");
+        assert_eq!(retry_when(&retry(None, None), &options), "in 180s");
+        let at = RetryRequest {
+            eta: Some("2026-11-21T05:33:27.394329+00:00".into()),
+            ..retry(None, None)
+        };
+        assert_eq!(
+            retry_when(&at, &options),
+            "at 2026-11-21 05:33:27.394329+00:00"
+        );
+    }
+
+    fn decode(outgoing: &Outgoing) -> TaskMessage {
+        crate::protocol::decode(&crate::protocol::RawMessage {
+            body: &outgoing.body,
+            content_type: &outgoing.content_type,
+            content_encoding: &outgoing.content_encoding,
+            headers: &outgoing.headers,
+            correlation_id: outgoing.correlation_id.as_deref(),
+            reply_to: outgoing.reply_to.as_deref(),
+            priority: outgoing.priority,
+        })
+        .expect("own messages decode")
+    }
+
+    #[test]
+    fn the_retry_is_its_own_parent() {
+        let task = OutgoingTask::new("x".to_owned(), "tasks.t", vec![], Default::default());
+        let message = decode(&Outgoing::from(task.encode()));
+        assert_eq!(message.parent_id, None);
+        let again = decode(&retry_message(
+            &message,
+            Timestamp::from_unix_micros(0),
+            "gen1@h",
+        ));
+        assert_eq!(again.parent_id.as_deref(), Some("x"));
+        assert_eq!(again.retries, 1);
     }
 
     #[test]

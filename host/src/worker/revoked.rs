@@ -71,6 +71,31 @@ impl RevokedTasks {
             .collect()
     }
 
+    /// The remembered ids with how long ago each was added, oldest first (for the state db).
+    pub fn with_ages(&self) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        let entries = self.lock();
+        entries
+            .order
+            .iter()
+            .filter_map(|(seq, id)| match entries.added.get(id) {
+                Some((s, at)) if s == seq => Some((id.clone(), now.duration_since(*at))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Remembers `task_id` as revoked `age` ago (restored from the state db); an id older
+    /// than the expiry is left out. Restore oldest first to keep the order.
+    pub fn insert_aged(&self, task_id: &str, age: Duration) {
+        if age >= self.expiry {
+            return;
+        }
+        if let Some(added) = Instant::now().checked_sub(age) {
+            self.insert_at(task_id, added);
+        }
+    }
+
     fn insert_at(&self, task_id: &str, now: Instant) {
         let mut entries = self.lock();
         let seq = entries.next;
@@ -122,6 +147,25 @@ mod tests {
         }
         assert_eq!(revoked.ids(), vec!["b".to_owned(), "c".to_owned()]);
         assert!(!revoked.contains("a"));
+    }
+
+    #[test]
+    fn ages_survive_a_round_trip_and_old_ids_are_left_out() {
+        let revoked = RevokedTasks::new(10, Duration::from_secs(60));
+        revoked.insert_aged("old", Duration::from_secs(61));
+        revoked.insert_aged("a", Duration::from_secs(30));
+        revoked.insert("b");
+        let saved = revoked.with_ages();
+        assert_eq!(
+            saved.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(saved[0].1 >= Duration::from_secs(30));
+        let restored = RevokedTasks::new(10, Duration::from_secs(60));
+        for (id, age) in &saved {
+            restored.insert_aged(id, *age);
+        }
+        assert_eq!(restored.ids(), vec!["a".to_owned(), "b".to_owned()]);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use crate::sandbox::Sandbox;
 
 use super::delivery::{finish, handle};
 use super::execution::Settle;
-use super::{RevokedTasks, WorkerConfig, WorkerError};
+use super::rate_limit::RateLimits;
+use super::{RevokedTasks, RunningTasks, WorkerConfig, WorkerError, WorkerHandle};
 
 /// The first and the longest wait before fetching again after a broker error.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -37,19 +38,42 @@ pub struct WorkerContext<B: Broker, R: ResultBackend> {
     pub slots: Arc<Semaphore>,
     /// Ids of tasks not to run.
     pub revoked: Arc<RevokedTasks>,
+    /// Tasks running now, for a revoke with terminate.
+    pub running: Arc<RunningTasks>,
+    /// Token buckets of rate-limited tasks.
+    pub rate_limits: Arc<RateLimits>,
     /// Turns true when the worker begins to stop.
     pub stopping: watch::Receiver<bool>,
 }
 
 /// Consumes `config.queues` until `shutdown` resolves, then shuts down warmly: stops
 /// fetching, gives back every delivery that has not started, and waits for running tasks
-/// up to `config.shutdown_timeout`.
+/// up to `config.shutdown_timeout`. Revokes live in memory only; see [`run_with`].
 pub async fn run<B, R>(
     config: WorkerConfig,
     sandbox: Sandbox,
     registry: Arc<Registry>,
     broker: Arc<B>,
     backend: Arc<R>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError>
+where
+    B: Broker,
+    R: ResultBackend + 'static,
+{
+    let control = WorkerHandle::new(backend);
+    run_with(config, sandbox, registry, broker, control, shutdown).await
+}
+
+/// Like [`run`], storing states through `control`'s backend and consulting its revoked ids
+/// and running tasks, so a clone of `control` can revoke (and terminate) while the worker
+/// runs. The revoked ids are saved to its state db, if any, when the loop ends.
+pub async fn run_with<B, R>(
+    config: WorkerConfig,
+    sandbox: Sandbox,
+    registry: Arc<Registry>,
+    broker: Arc<B>,
+    control: WorkerHandle<R>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError>
 where
@@ -69,8 +93,10 @@ where
         sandbox,
         registry,
         consumer: Arc::clone(&consumer),
-        backend,
-        revoked: Arc::default(),
+        backend: Arc::clone(control.backend()),
+        revoked: Arc::clone(control.revoked()),
+        running: Arc::clone(control.running()),
+        rate_limits: Arc::clone(control.rate_limits()),
         stopping: stop_rx,
     });
 
@@ -120,5 +146,6 @@ where
         );
         tasks.shutdown().await;
     }
+    control.persist().await;
     Ok(())
 }

@@ -259,12 +259,14 @@ class Task:
         if limit is not None and request.retries >= limit:
             if exc is not None:
                 raise exc
+            # Celery formats the retried signature's arguments: a tuple and a dict.
+            task_args, task_kwargs = tuple(request.args or ()), dict(request.kwargs or {})
             raise self.MaxRetriesExceededError(
                 "Can't retry {}[{}] args:{} kwargs:{}".format(
-                    self.name, request.id, request.args, request.kwargs
+                    self.name, request.id, task_args, task_kwargs
                 ),
-                task_args=request.args,
-                task_kwargs=request.kwargs,
+                task_args=task_args,
+                task_kwargs=task_kwargs,
             )
         if not eta and countdown is None:
             countdown = self.default_retry_delay

@@ -12,6 +12,7 @@ use crate::backend::{ExceptionInfo, ResultBackend, TaskMeta};
 use crate::broker::{Broker, Consumer, Delivery};
 use crate::protocol::{self, Disposition, TaskMessage};
 
+use super::canvas::Target;
 use super::clock;
 use super::execution::{Settle, TaskRun, store};
 use super::reconnect::retrying;
@@ -42,14 +43,11 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
             return;
         }
     };
-    let Some(component) = worker.registry.resolve(&message.task).cloned() else {
+    let Some(target) = Target::resolve(&worker.registry, &message.task) else {
         reject_unregistered(&worker, &delivery, &message).await;
         return;
     };
-    let options = component
-        .task(&message.task)
-        .map(|info| info.options.clone())
-        .unwrap_or_default();
+    let options = target.options(&message.task);
     let ignore_result = message
         .ignore_result
         .unwrap_or(options.ignore_result == Some(true));
@@ -85,9 +83,9 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
         let _ = run.store(started).await;
     }
     let settle = if acks_late {
-        keeping_visible(consumer, &delivery, run.execute(&component.prepared)).await
+        keeping_visible(consumer, &delivery, run.execute(&target)).await
     } else {
-        run.execute(&component.prepared).await
+        run.execute(&target).await
     };
     if acks_late {
         finish(consumer, &delivery, settle).await;

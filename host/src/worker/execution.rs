@@ -9,8 +9,9 @@ use serde_json::Value;
 use crate::backend::{BackendError, ExceptionInfo, ExtendedFields, ResultBackend, TaskMeta};
 use crate::broker::{Broker, Delivery};
 use crate::protocol::TaskMessage;
-use crate::sandbox::{Invocation, Prepared, Request, TaskOptions};
+use crate::sandbox::{Invocation, Request, TaskOptions};
 
+use super::canvas::{self, Target};
 use super::log_format::{python_args, truncate};
 use super::reconnect::retrying;
 use super::retry::{max_retries, retry_eta, retry_message};
@@ -71,6 +72,7 @@ pub struct TaskRun<'a, B: Broker, R: ResultBackend> {
 impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
     /// Stores `meta` (with the extended fields when configured).
     pub async fn store(&self, meta: TaskMeta) -> Result<(), BackendError> {
+        let meta = canvas::with_request_ids(meta, self.message);
         let meta = if self.worker.config.result_extended {
             meta.with_extended(self.extended())
         } else {
@@ -91,8 +93,19 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
     }
 
     /// Runs the task, stores what it reported, and says what to do with its message.
-    pub async fn execute(&self, prepared: &Prepared) -> Settle {
+    pub async fn execute(&self, target: &Target) -> Settle {
         let message = self.message;
+        let prepared = match target {
+            Target::Component(component) => &component.prepared,
+            Target::Builtin(builtin) => {
+                let started = Instant::now();
+                let state = canvas::run_builtin(*builtin, self).await;
+                return self
+                    .report(state, started.elapsed())
+                    .await
+                    .unwrap_or_else(|err| settle_unstored(&err));
+            }
+        };
         let (events, updates) = StateUpdates::start(
             Arc::clone(&self.worker.backend),
             TracingTaskEvents {
@@ -138,15 +151,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                 self.store_failure(&exception).await.map(|()| Settle::Ack)
             }
         };
-        // A final state the backend did not take: with a late ack the message goes back so
-        // the task runs again once the backend is reachable (kombu's connection errors).
-        stored.unwrap_or_else(|err| {
-            if err.is_connection() {
-                Settle::Reject { requeue: true }
-            } else {
-                Settle::Ack
-            }
-        })
+        stored.unwrap_or_else(|err| settle_unstored(&err))
     }
 
     /// Logs and stores the state the task ended in.
@@ -154,6 +159,20 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
         let message = self.message;
         match state {
             TaskState::Success(result) => {
+                // Callbacks and the next chain step go out before SUCCESS is stored, so
+                // the stored children list them (spec §8.1).
+                let children = match canvas::after_success(self, &result).await {
+                    Ok(children) => children,
+                    Err(err) => {
+                        tracing::error!(
+                            "Task {}[{}] succeeded, but its callbacks could not be sent: {err}",
+                            message.task,
+                            message.id
+                        );
+                        self.store_failure(&err.exception()).await?;
+                        return Ok(Settle::Ack);
+                    }
+                };
                 tracing::info!(
                     "Task {}[{}] succeeded in {}s: {}",
                     message.task,
@@ -163,7 +182,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                 );
                 if !self.ignore_result {
                     match TaskMeta::success(&message.id, &result) {
-                        Ok(meta) => self.store(meta).await?,
+                        Ok(meta) => self.store(meta.with_children(&children)).await?,
                         Err(err) => tracing::error!(
                             "Task {}[{}] returned an unstorable result: {err}",
                             message.task,
@@ -171,6 +190,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                         ),
                     }
                 }
+                canvas::chord_part_succeeded(self, &result).await;
                 Ok(Settle::Ack)
             }
             TaskState::Failure(exception) => {
@@ -272,22 +292,25 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
             exception.exc_type,
             python_args(&exception.exc_message)
         );
-        if self.ignore_result {
-            return Ok(());
+        let store_errors = !self.ignore_result;
+        if store_errors {
+            let meta = TaskMeta::failure(
+                &self.message.id,
+                ExceptionInfo {
+                    exc_type: &exception.exc_type,
+                    exc_module: &exception.exc_module,
+                    exc_message: &exception.exc_message,
+                },
+                exception.traceback.as_deref(),
+            );
+            self.store(meta).await?;
         }
-        let meta = TaskMeta::failure(
-            &self.message.id,
-            ExceptionInfo {
-                exc_type: &exception.exc_type,
-                exc_module: &exception.exc_module,
-                exc_message: &exception.exc_message,
-            },
-            exception.traceback.as_deref(),
-        );
-        self.store(meta).await
+        canvas::after_failure(self, exception, store_errors).await;
+        Ok(())
     }
 
-    fn request(&self) -> Request {
+    /// Celery's `self.request` for this run.
+    pub fn request(&self) -> Request {
         let m = self.message;
         let info = &self.delivery.properties.delivery_info;
         Request {
@@ -312,6 +335,16 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
             },
             is_eager: false,
         }
+    }
+}
+
+/// A final state the backend did not take: with a late ack the message goes back so the
+/// task runs again once the backend is reachable (kombu's connection errors).
+fn settle_unstored(err: &BackendError) -> Settle {
+    if err.is_connection() {
+        Settle::Reject { requeue: true }
+    } else {
+        Settle::Ack
     }
 }
 

@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 from celery import chain, chord, group
+from celery.canvas import chunks, xmap, xstarmap
 from celery.exceptions import ChordError
 from celery.result import AsyncResult
 
@@ -172,11 +173,11 @@ def test_a_chord_with_a_failing_header_fails_its_body_and_calls_its_errbacks(
     assert errback["result"]["failed_task"] == result.id
 
 
-def test_map_starmap_and_chunks(app, celeriac_worker, task_queue):
+def test_map_starmap_and_chunks(app, celeriac_worker):
     add, xsum = app.signature("tasks.add"), app.signature("tasks.xsum")
-    assert add.type.starmap(zip(range(5), range(5))).apply_async().get(timeout=TIMEOUT) == [0, 2, 4, 6, 8]
-    assert xsum.type.map([[1, 2], [3, 4]]).apply_async().get(timeout=TIMEOUT) == [3, 7]
-    chunked = add.type.chunks(zip(range(10), range(10)), 2).group().apply_async()
+    assert xstarmap(add, zip(range(5), range(5)), app=app).apply_async().get(timeout=TIMEOUT) == [0, 2, 4, 6, 8]
+    assert xmap(xsum, [[1, 2], [3, 4]], app=app).apply_async().get(timeout=TIMEOUT) == [3, 7]
+    chunked = chunks(add, zip(range(10), range(10)), 2, app=app).group().apply_async()
     assert chunked.get(timeout=TIMEOUT) == [[0, 2], [4, 6], [8, 10], [12, 14], [16, 18]]
 
 

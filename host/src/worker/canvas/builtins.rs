@@ -211,8 +211,11 @@ async fn map<B: Broker, R: ResultBackend + 'static>(
             (true, _) => return Err(type_error("starmap items must be lists of arguments")),
             (false, item) => vec![item.clone()],
         };
+        // The component runs the task the request names: the inner one.
+        let mut request = run.request();
+        request.task = task.task.clone();
         let invocation = Invocation {
-            request: run.request(),
+            request,
             args_json: to_kombu_json(&Value::Array(args)),
             kwargs_json: "{}".into(),
             limits: resolve_limits(

@@ -11,6 +11,7 @@ options to Celery's default queue `celery`, which this session does not consume.
 import json
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from celery import chain, chord, group
@@ -19,6 +20,7 @@ from celery.exceptions import ChordError
 from celery.result import AsyncResult
 
 from conftest import REDIS_URL
+from test_amqp import amqp_client, amqp_queue, start_amqp_worker  # noqa: F401  (a fixture)
 from test_resilience import start_python_worker  # noqa: F401  (a fixture)
 
 TIMEOUT = 30
@@ -288,3 +290,58 @@ def test_the_training_pipeline_leaves_what_a_python_worker_leaves(
     celeriac.stop()
     start_python_worker(unique_queue, REDIS_URL)
     assert run_pipeline(app, unique_queue, redis_client, train_fails) == expected
+
+
+def test_an_expired_header_task_fails_its_chord(app, celeriac_worker, sig):
+    past = datetime.now(timezone.utc) - timedelta(seconds=10)
+    result = chord([sig("add", 1, 1), sig("add", 2, 2, expires=past)], sig("xsum")).apply_async()
+    with pytest.raises(ChordError) as raised:
+        result.get(timeout=TIMEOUT, follow_parents=False)
+    expired_id = result.parent.results[1].id
+    assert f"Dependency {expired_id} raised TaskRevokedError('expired')" == str(raised.value)
+
+
+# On RabbitMQ: the worker publishes callbacks, chain steps and chord bodies over AMQP.
+
+
+@pytest.fixture(scope="module")
+def amqp_served(amqp_queue):  # noqa: F811
+    """`served(backend)`: (client, queue) with a celeriac worker on RabbitMQ storing results
+    in `backend`; workers and clients are stopped at the end."""
+    started = []
+
+    def serve(backend):
+        task_queue = amqp_queue()
+        worker = start_amqp_worker(task_queue, backend)
+        client = amqp_client(task_queue, backend)
+        started.append((worker, client))
+        return client, task_queue
+
+    yield serve
+    for worker, client in started:
+        client.close()
+        worker.stop()
+
+
+def amqp_sig(client, task_queue):
+    def make(name, *args, immutable=False, **options):
+        return client.signature(f"tasks.{name}", args=args, immutable=immutable, queue=task_queue, **options)
+
+    return make
+
+
+@pytest.mark.parametrize("backend", [REDIS_URL, "rpc://"], ids=["redis-backend", "rpc-backend"])
+def test_a_chain_with_a_link_on_rabbitmq(amqp_served, backend):
+    client, task_queue = amqp_served(backend)
+    s = amqp_sig(client, task_queue)
+    result = chain(s("add", 1, 1, link=s("mul", 100)), s("add", 5, 5, immutable=True), s("add", 10)).apply_async()
+    assert result.get(timeout=TIMEOUT) == 20
+    with pytest.raises(ValueError, match="first"):
+        chain(s("fail", "first"), s("add", 1)).apply_async().get(timeout=TIMEOUT)
+
+
+def test_a_chord_on_rabbitmq_with_the_redis_backend(amqp_served):
+    client, task_queue = amqp_served(REDIS_URL)
+    s = amqp_sig(client, task_queue)
+    result = chord((s("add", i, i) for i in range(10)), s("xsum")).apply_async()
+    assert result.get(timeout=TIMEOUT) == 90

@@ -12,7 +12,7 @@ use crate::backend::{ExceptionInfo, ResultBackend, TaskMeta};
 use crate::broker::{Broker, Consumer, Delivery};
 use crate::protocol::{self, Disposition, TaskMessage};
 
-use super::canvas::Target;
+use super::canvas::{self, Target};
 use super::clock;
 use super::execution::{Settle, TaskRun, store};
 use super::reconnect::retrying;
@@ -180,6 +180,8 @@ async fn discard_if_revoked<B: Broker, R: ResultBackend>(
         // Celery acks a revoked message whether or not REVOKED could be written.
         let _ = store(&*worker.backend, &meta).await;
     }
+    let reason = if expired { "expired" } else { "revoked" };
+    canvas::chord_part_revoked(worker, message, reason).await;
     finish(&worker.consumer, delivery, Settle::Ack).await;
     true
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use crate::backend::{ChordPart, ExceptionInfo, ResultBackend, TaskMeta};
 use crate::broker::Broker;
 use crate::protocol::kombu_json::to_kombu_json;
-use crate::protocol::{Sender, Signature};
+use crate::protocol::{Sender, Signature, TaskMessage};
 
 use super::super::CeleryException;
 use super::super::execution::{TaskRun, store};
@@ -44,12 +44,48 @@ pub async fn after_failure<B: Broker, R: ResultBackend>(
     send_errbacks(worker, &message.embed.errbacks, &message.id, root_id).await;
 }
 
+/// Returns a revoked chord header part (`reason`: `revoked`, `expired`, `terminated`) to
+/// its chord with the REVOKED state and its `TaskRevokedError`, as Celery's
+/// `mark_as_revoked` does; nothing else follows a revoke.
+pub async fn chord_part_revoked<B: Broker, R: ResultBackend>(
+    worker: &WorkerContext<B, R>,
+    message: &TaskMessage,
+    reason: &str,
+) {
+    let (Some(body), Some(group_id)) = (&message.embed.chord, &message.group) else {
+        return;
+    };
+    let result_json = exception_dict_json(
+        "TaskRevokedError",
+        "celery.exceptions",
+        &[Value::from(reason)],
+    );
+    let part = ChordPart {
+        group_id,
+        task_id: &message.id,
+        group_index: message.group_index,
+        state: "REVOKED",
+        result_json: &result_json,
+    };
+    let sender = sender_of(message, &worker.config.nodename);
+    chord::part_return(worker, &sender, &part, body).await;
+}
+
 /// The exception dict of `exception`, as kombu JSON text.
 pub(super) fn exception_json(exception: &CeleryException) -> String {
+    exception_dict_json(
+        &exception.exc_type,
+        &exception.exc_module,
+        &exception.exc_message,
+    )
+}
+
+/// `{"exc_type": …, "exc_message": […], "exc_module": …}` as kombu JSON text.
+fn exception_dict_json(exc_type: &str, exc_module: &str, exc_message: &[Value]) -> String {
     to_kombu_json(&json!({
-        "exc_type": exception.exc_type,
-        "exc_message": exception.exc_message,
-        "exc_module": exception.exc_module,
+        "exc_type": exc_type,
+        "exc_message": exc_message,
+        "exc_module": exc_module,
     }))
 }
 

@@ -41,7 +41,7 @@ fn flatten(plans: Vec<Applied>) -> (Vec<Action>, Vec<Value>) {
     (actions, results)
 }
 
-pub use after_failure::after_failure;
+pub use after_failure::{after_failure, chord_part_revoked};
 pub use after_success::{after_success, chord_part_succeeded};
 pub use builtins::{Target, run_builtin};
 

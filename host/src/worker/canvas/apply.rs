@@ -231,9 +231,12 @@ impl Applier<'_> {
             .or(chord_id)
             .unwrap_or_else(|| (self.new_id)());
         // Chord-level options go to the body (the steps after the chord, its callbacks,
-        // its routing); only some of them to the header.
+        // its routing), except a countdown or eta, which delays the header (Celery 5.7);
+        // only some of them go to the header.
         for (key, value) in &opts {
-            body.options.insert(key.clone(), value.clone());
+            if key != "countdown" && key != "eta" {
+                body.options.insert(key.clone(), value.clone());
+            }
         }
         body.options
             .insert("task_id".into(), Value::from(body_id.clone()));
@@ -478,7 +481,7 @@ mod tests {
         let applied = plan(
             &chord,
             &[json!(2)],
-            &json!({"chain": [add(json!([10]), "after")]}),
+            &json!({"chain": [add(json!([10]), "after")], "countdown": 5}),
         );
         let kinds: Vec<String> = applied
             .actions
@@ -506,6 +509,11 @@ mod tests {
             "the chain is the body's, not the header's"
         );
         assert_eq!(messages[1].args, vec![json!(2), json!(2)]);
+        assert!(
+            messages[1].eta.is_some(),
+            "a chord's countdown delays its header"
+        );
+        assert!(body["options"].get("countdown").is_none());
         assert_eq!(applied.result[0][0], json!("body-id"));
         assert_eq!(applied.result[0][1][0][0], json!("hg"));
     }

@@ -105,3 +105,42 @@ def flaky_backoff(message):
     """Always raises ValueError, retried by ``autoretry_for`` after 1 s, then 2 s (backoff
     without jitter), then failing with that ValueError."""
     raise ValueError(message)
+
+
+# A training pipeline, for canvas tests: `chain(preprocess, train, evaluate, cleanup)`, each
+# stage an immutable signature with `link=on_stage_success.s(pipeline_id, stage)` and
+# `link_error=on_stage_error.s(pipeline_id, stage)`.
+
+
+@app.task
+def preprocess(pipeline_id):
+    return {"pipeline": pipeline_id, "rows": 100}
+
+
+@app.task
+def train(pipeline_id, fail=False):
+    if fail:
+        raise RuntimeError(f"training of {pipeline_id} diverged")
+    return {"pipeline": pipeline_id, "accuracy": 0.9}
+
+
+@app.task
+def evaluate(pipeline_id):
+    return {"pipeline": pipeline_id, "score": 0.875}
+
+
+@app.task
+def cleanup(pipeline_id):
+    return {"pipeline": pipeline_id, "cleaned": True}
+
+
+@app.task
+def on_stage_success(result, pipeline_id, stage):
+    """A link callback: gets the stage's result first."""
+    return {"pipeline": pipeline_id, "stage": stage, "status": "ok", "result": result}
+
+
+@app.task
+def on_stage_error(failed_task_id, pipeline_id, stage):
+    """A link_error errback: gets the failed task's id first."""
+    return {"pipeline": pipeline_id, "stage": stage, "status": "failed", "failed_task": failed_task_id}

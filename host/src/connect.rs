@@ -16,8 +16,8 @@
 use std::time::Duration;
 
 use crate::backend::{
-    BackendError, RedisBackend, RedisBackendConfig, ResultBackend, RpcBackend, StoreOutcome,
-    TaskMeta,
+    BackendError, ChordClaim, ChordPart, PartReturn, RedisBackend, RedisBackendConfig,
+    ResultBackend, RpcBackend, StoreOutcome, TaskMeta,
 };
 use crate::broker::{
     AmqpBroker, AmqpOptions, Broker, BrokerError, Capabilities, Delivery, Outgoing, RedisBroker,
@@ -274,6 +274,34 @@ impl ResultBackend for AnyBackend {
         match self {
             AnyBackend::Redis(backend) => backend.get(task_id).await,
             AnyBackend::Rpc(backend) => backend.get(task_id).await,
+        }
+    }
+
+    async fn chord_part_return(&self, part: &ChordPart<'_>) -> Result<PartReturn, BackendError> {
+        match self {
+            AnyBackend::Redis(backend) => backend.chord_part_return(part).await,
+            AnyBackend::Rpc(backend) => backend.chord_part_return(part).await,
+        }
+    }
+
+    async fn chord_claim_extend(&self, claim: &ChordClaim) -> Result<bool, BackendError> {
+        match self {
+            AnyBackend::Redis(backend) => backend.chord_claim_extend(claim).await,
+            AnyBackend::Rpc(backend) => backend.chord_claim_extend(claim).await,
+        }
+    }
+
+    async fn chord_cleanup(&self, claim: &ChordClaim) -> Result<(), BackendError> {
+        match self {
+            AnyBackend::Redis(backend) => backend.chord_cleanup(claim).await,
+            AnyBackend::Rpc(backend) => backend.chord_cleanup(claim).await,
+        }
+    }
+
+    async fn set_chord_size(&self, group_id: &str, size: u64) -> Result<(), BackendError> {
+        match self {
+            AnyBackend::Redis(backend) => backend.set_chord_size(group_id, size).await,
+            AnyBackend::Rpc(backend) => backend.set_chord_size(group_id, size).await,
         }
     }
 }

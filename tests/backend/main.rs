@@ -3,6 +3,7 @@
 //! * [`conformance`]: the promises every result backend keeps, one `async fn` each,
 //!   instantiated per backend by [`backend_suite!`].
 //! * [`redis_backend`]: what only the Redis backend promises (TTLs, PUBLISH, key names).
+//! * [`redis_chord`]: the Redis chord join.
 //! * [`rpc_backend`]: Celery's `rpc://` backend, replies over RabbitMQ.
 //!
 //! The server URLs come from `CELERIAC_TEST_REDIS_URL` (default
@@ -16,4 +17,5 @@ mod amqp_support;
 
 mod conformance;
 mod redis_backend;
+mod redis_chord;
 mod rpc_backend;

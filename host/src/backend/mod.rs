@@ -5,12 +5,13 @@
 //! and [`rpc`] (Celery's `rpc://`, replies over the AMQP broker).
 //! It does not decide *which* state a task reached or which exception describes a failure:
 //! `worker/` does that and hands this module finished values ([`ExceptionInfo`], result
-//! JSON text). Groups and chords (spec §5.6, §7) are not here yet.
+//! JSON text). [`chord`] holds the chord join (spec §7); group meta (§5.6) is not here yet.
 //!
 //! The document is written as text, field by field, so that the field order is Python's
 //! and a guest's kombu JSON result (`NaN`, `Infinity`, `2**70`) reaches the client exactly
 //! as the guest wrote it.
 
+pub mod chord;
 pub mod redis;
 pub mod rpc;
 
@@ -23,6 +24,7 @@ use serde_json::Value;
 use crate::protocol::Timestamp;
 use crate::protocol::kombu_json::{from_kombu_json, to_kombu_json};
 
+pub use self::chord::{ChordClaim, ChordPart, HeaderResult, PartReturn};
 pub use self::redis::{RedisBackend, RedisBackendConfig};
 pub use self::rpc::RpcBackend;
 
@@ -43,6 +45,46 @@ pub trait ResultBackend: Send + Sync {
         &self,
         task_id: &str,
     ) -> impl Future<Output = Result<Option<String>, BackendError>> + Send;
+
+    /// Records a chord header part and says whether this worker must now send the body
+    /// (spec §7.3). Backends without a native chord join record nothing, as Celery's do
+    /// (the default).
+    fn chord_part_return(
+        &self,
+        part: &ChordPart<'_>,
+    ) -> impl Future<Output = Result<PartReturn, BackendError>> + Send {
+        let _ = part;
+        std::future::ready(Ok(PartReturn::Unsupported))
+    }
+
+    /// Extends a claim right before the body is sent; false when it is no longer ours.
+    fn chord_claim_extend(
+        &self,
+        claim: &ChordClaim,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send {
+        let _ = claim;
+        std::future::ready(Ok(false))
+    }
+
+    /// Drops a fired chord's state, marking it done.
+    fn chord_cleanup(
+        &self,
+        claim: &ChordClaim,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        let _ = claim;
+        std::future::ready(Ok(()))
+    }
+
+    /// Writes the size of the chord whose header is group `group_id`, before its last
+    /// header task is published (spec §6.5).
+    fn set_chord_size(
+        &self,
+        group_id: &str,
+        size: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        let _ = (group_id, size);
+        std::future::ready(Ok(()))
+    }
 }
 
 /// What [`ResultBackend::store`] did.

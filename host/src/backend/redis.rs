@@ -13,7 +13,9 @@
 //! * Reconnects by itself ([`ConnectionManager`]); errors say whether they were the
 //!   connection's ([`BackendError::is_connection`]).
 //!
-//! Not supported yet: group meta and chord counters (§5.6, §7), `result_compression`,
+//! * The chord join of Celery 5.7 ([`super::chord`]).
+//!
+//! Not supported yet: group meta (§5.6), `result_compression`,
 //! Sentinel and cluster URLs.
 //!
 //! # URL
@@ -39,6 +41,7 @@ use ::redis::{RedisError, Script};
 use crate::redis_url;
 use crate::url::redact_password;
 
+use super::chord::{ChordClaim, ChordPart, PartReturn, RedisChords};
 use super::{BackendError, ResultBackend, ResultState, StoreOutcome, TaskMeta};
 
 /// Celery's default `result_expires`: one day.
@@ -188,6 +191,15 @@ impl RedisBackend {
         &self.config
     }
 
+    /// The chord join on this backend's connection; chord keys expire with results.
+    fn chords(&self) -> RedisChords<'_> {
+        RedisChords {
+            conn: self.conn.clone(),
+            prefix: &self.config.global_keyprefix,
+            expires: self.config.result_expires.unwrap_or(0),
+        }
+    }
+
     /// The stored document bytes of `key`.
     async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, RedisError> {
         let mut conn = self.conn.clone();
@@ -239,6 +251,22 @@ impl ResultBackend for RedisBackend {
                 })
             })
             .transpose()
+    }
+
+    async fn chord_part_return(&self, part: &ChordPart<'_>) -> Result<PartReturn, BackendError> {
+        self.chords().part_return(part).await
+    }
+
+    async fn chord_claim_extend(&self, claim: &ChordClaim) -> Result<bool, BackendError> {
+        self.chords().claim_extend(claim).await
+    }
+
+    async fn chord_cleanup(&self, claim: &ChordClaim) -> Result<(), BackendError> {
+        self.chords().cleanup(claim).await
+    }
+
+    async fn set_chord_size(&self, group_id: &str, size: u64) -> Result<(), BackendError> {
+        self.chords().set_size(group_id, size).await
     }
 }
 

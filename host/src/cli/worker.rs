@@ -54,6 +54,14 @@ pub struct WorkerArgs {
     /// own JSON format); %n is the node name, %h its host, %d the host's domain
     #[arg(long, value_name = "PATH")]
     pub statedb: Option<std::path::PathBuf>,
+    /// Queue of callbacks, chain steps and errbacks without routing options (Celery's task_default_queue)
+    #[arg(
+        long,
+        env = "CELERY_TASK_DEFAULT_QUEUE",
+        default_value = "celery",
+        value_name = "QUEUE"
+    )]
+    pub default_queue: String,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tasks: TasksOpts,
@@ -172,6 +180,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     config.limits = limits;
     config.shutdown_timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
     config.drain_timeout = broker.polling_interval() + Duration::from_secs(1);
+    config.default_queue = args.default_queue;
 
     let restorer = spawn_restorer(Arc::clone(&broker));
 

@@ -13,17 +13,20 @@
 //! * [`kombu_json`]: lenient kombu JSON (NaN, Infinity, big integers) without loss.
 //! * [`message`]: [`decode`] a delivery into a [`TaskMessage`].
 //! * [`encode`]: build an outgoing v2 message from an [`OutgoingTask`].
+//! * [`signature`]: canvas signature dicts and the messages they become.
 //! * [`timestamp`]: ISO 8601 `eta`/`expires` values.
 
 pub mod content;
 pub mod encode;
 pub mod kombu_json;
 pub mod message;
+pub mod signature;
 pub mod timestamp;
 
 pub use content::{Compression, ContentType, Serializer};
 pub use encode::{EncodedMessage, OutgoingProperties, OutgoingTask};
 pub use message::{Embed, ProtocolVersion, RawMessage, TaskMessage, TimeLimit, decode};
+pub use signature::{Route, Sender, Signature, SignatureError};
 pub use timestamp::Timestamp;
 
 /// Why a delivery could not become a [`TaskMessage`]. Every variant names the message id

@@ -26,11 +26,14 @@ pub struct WorkerConfig {
     pub shutdown_timeout: Duration,
     /// How long the final fetch at shutdown may take; at least the broker's fetch wait.
     pub drain_timeout: Duration,
+    /// Celery's `task_default_queue`: where callbacks, chain steps and errbacks without
+    /// routing options go.
+    pub default_queue: String,
 }
 
 impl WorkerConfig {
     /// Celery's defaults on `queues` with `concurrency` slots: prefetch multiplier 4, early
-    /// acks, default limits, 60 s warm-shutdown timeout.
+    /// acks, default limits, 60 s warm-shutdown timeout, default queue `celery`.
     pub fn new(queues: Vec<String>, concurrency: usize, nodename: impl Into<String>) -> Self {
         WorkerConfig {
             queues,
@@ -42,6 +45,7 @@ impl WorkerConfig {
             limits: SandboxLimits::new(),
             shutdown_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(2),
+            default_queue: crate::protocol::signature::DEFAULT_QUEUE.to_owned(),
         }
     }
 

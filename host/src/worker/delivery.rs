@@ -12,6 +12,7 @@ use crate::backend::{ExceptionInfo, ResultBackend, TaskMeta};
 use crate::broker::{Broker, Consumer, Delivery, Outgoing};
 use crate::protocol::{self, Disposition, TaskMessage};
 
+use super::canvas::{self, Target};
 use super::clock;
 use super::execution::{Settle, TaskRun, routing_key, store};
 use super::reconnect::retrying;
@@ -42,14 +43,11 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
             return;
         }
     };
-    let Some(component) = worker.registry.resolve(&message.task).cloned() else {
+    let Some(target) = Target::resolve(&worker.registry, &message.task) else {
         reject_unregistered(&worker, &delivery, &message).await;
         return;
     };
-    let options = component
-        .task(&message.task)
-        .map(|info| info.options.clone())
-        .unwrap_or_default();
+    let options = target.options(&message.task);
     let ignore_result = message
         .ignore_result
         .unwrap_or(options.ignore_result == Some(true));
@@ -94,7 +92,7 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
         // STARTED is informative: the task runs even when it cannot be written.
         let _ = run.store(started).await;
     }
-    let execution = run.execute(&component.prepared, &running.kill);
+    let execution = run.execute(&target, &running.kill);
     let settle = if acks_late {
         keeping_visible(consumer, &delivery, execution).await
     } else {
@@ -263,6 +261,8 @@ async fn discard_if_revoked<B: Broker, R: ResultBackend>(
         // Celery acks a revoked message whether or not REVOKED could be written.
         let _ = store(&*worker.backend, &meta).await;
     }
+    let reason = if expired { "expired" } else { "revoked" };
+    canvas::chord_part_revoked(worker, message, reason).await;
     finish(&worker.consumer, delivery, Settle::Ack).await;
     true
 }

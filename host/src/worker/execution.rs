@@ -9,10 +9,9 @@ use serde_json::{Value, json};
 use crate::backend::{BackendError, ExceptionInfo, ExtendedFields, ResultBackend, TaskMeta};
 use crate::broker::{Broker, Delivery};
 use crate::protocol::TaskMessage;
-use crate::sandbox::{
-    Abort, Invocation, KillSwitch, Outcome, Prepared, Request, RetryRequest, TaskOptions,
-};
+use crate::sandbox::{Abort, Invocation, KillSwitch, Outcome, Request, RetryRequest, TaskOptions};
 
+use super::canvas::{self, Target};
 use super::limits::limit_as_given;
 use super::log_format::{python_repr, truncate};
 use super::reconnect::retrying;
@@ -76,6 +75,7 @@ pub struct TaskRun<'a, B: Broker, R: ResultBackend> {
 impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
     /// Stores `meta` (with the extended fields when configured).
     pub async fn store(&self, meta: TaskMeta) -> Result<(), BackendError> {
+        let meta = canvas::with_request_ids(meta, self.message);
         let meta = if self.worker.config.result_extended {
             meta.with_extended(self.extended())
         } else {
@@ -97,8 +97,19 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
 
     /// Runs the task, stores what it reported, and says what to do with its message.
     /// Flipping `kill` (a revoke with terminate) stops it at once.
-    pub async fn execute(&self, prepared: &Prepared, kill: &KillSwitch) -> Settle {
+    pub async fn execute(&self, target: &Target, kill: &KillSwitch) -> Settle {
         let message = self.message;
+        let prepared = match target {
+            Target::Component(component) => &component.prepared,
+            Target::Builtin(builtin) => {
+                let started = Instant::now();
+                let state = canvas::run_builtin(*builtin, self).await;
+                return self
+                    .report(state, started.elapsed())
+                    .await
+                    .unwrap_or_else(|err| settle_unstored(&err));
+            }
+        };
         let (events, updates) = StateUpdates::start(
             Arc::clone(&self.worker.backend),
             TracingTaskEvents {
@@ -151,15 +162,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                 self.store_failure(&exception).await.map(|()| Settle::Ack)
             }
         };
-        // A final state the backend did not take: with a late ack the message goes back so
-        // the task runs again once the backend is reachable (kombu's connection errors).
-        stored.unwrap_or_else(|err| {
-            if err.is_connection() {
-                Settle::Reject { requeue: true }
-            } else {
-                Settle::Ack
-            }
-        })
+        stored.unwrap_or_else(|err| settle_unstored(&err))
     }
 
     /// Celery's pool killed the process: the log lines of `on_timeout` and FAILURE with
@@ -218,6 +221,20 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
         let message = self.message;
         match state {
             TaskState::Success(result) => {
+                // Callbacks and the next chain step go out before SUCCESS is stored, so
+                // the stored children list them (spec §8.1).
+                let children = match canvas::after_success(self, &result).await {
+                    Ok(children) => children,
+                    Err(err) => {
+                        tracing::error!(
+                            "Task {}[{}] succeeded, but its callbacks could not be sent: {err}",
+                            message.task,
+                            message.id
+                        );
+                        self.store_failure(&err.exception()).await?;
+                        return Ok(Settle::Ack);
+                    }
+                };
                 tracing::info!(
                     "Task {}[{}] succeeded in {}s: {}",
                     message.task,
@@ -227,7 +244,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                 );
                 if !self.ignore_result {
                     match TaskMeta::success(&message.id, &result) {
-                        Ok(meta) => self.store(meta).await?,
+                        Ok(meta) => self.store(meta.with_children(&children)).await?,
                         Err(err) => tracing::error!(
                             "Task {}[{}] returned an unstorable result: {err}",
                             message.task,
@@ -235,6 +252,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                         ),
                     }
                 }
+                canvas::chord_part_succeeded(self, &result).await;
                 Ok(Settle::Ack)
             }
             TaskState::Failure(exception) => {
@@ -348,24 +366,28 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
         self.write_failure(exception).await
     }
 
-    /// Stores FAILURE with `exception` unless results are ignored.
+    /// Stores FAILURE with `exception` unless results are ignored, then carries out what
+    /// the failure means for the canvas (chain steps, errbacks, chord).
     async fn write_failure(&self, exception: &CeleryException) -> Result<(), BackendError> {
-        if self.ignore_result {
-            return Ok(());
+        let store_errors = !self.ignore_result;
+        if store_errors {
+            let meta = TaskMeta::failure(
+                &self.message.id,
+                ExceptionInfo {
+                    exc_type: &exception.exc_type,
+                    exc_module: &exception.exc_module,
+                    exc_message: &exception.exc_message,
+                },
+                exception.traceback.as_deref(),
+            );
+            self.store(meta).await?;
         }
-        let meta = TaskMeta::failure(
-            &self.message.id,
-            ExceptionInfo {
-                exc_type: &exception.exc_type,
-                exc_module: &exception.exc_module,
-                exc_message: &exception.exc_message,
-            },
-            exception.traceback.as_deref(),
-        );
-        self.store(meta).await
+        canvas::after_failure(self, exception, store_errors).await;
+        Ok(())
     }
 
-    fn request(&self) -> Request {
+    /// Celery's `self.request` for this run.
+    pub fn request(&self) -> Request {
         let m = self.message;
         let info = &self.delivery.properties.delivery_info;
         Request {
@@ -390,6 +412,16 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
             },
             is_eager: false,
         }
+    }
+}
+
+/// A final state the backend did not take: with a late ack the message goes back so the
+/// task runs again once the backend is reachable (kombu's connection errors).
+fn settle_unstored(err: &BackendError) -> Settle {
+    if err.is_connection() {
+        Settle::Reject { requeue: true }
+    } else {
+        Settle::Ack
     }
 }
 

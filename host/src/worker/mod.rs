@@ -9,11 +9,13 @@
 //! * `delivery`: one message from arrival to ack (revoked and expired messages, ETAs,
 //!   early and late acks);
 //! * `execution`: one task run and the state it leaves; `retry`: what a retry publishes;
+//! * `canvas`: callbacks, chains, errbacks, groups, chords and Celery's built-in tasks;
 //! * `state_updates`: `update_state` from a running guest; `revoked`: the revoked ids;
 //! * `revoke`: the revoke API ([`WorkerHandle`]) and the running tasks it can terminate;
 //!   `statedb`: the revoked ids kept across restarts; `rate_limit`: per-task token buckets;
 //! * `reconnect`: retrying broker and backend calls across a dropped connection.
 
+mod canvas;
 mod celery_state;
 mod clock;
 mod config;

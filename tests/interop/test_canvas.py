@@ -1,0 +1,347 @@
+"""Canvas with a real Celery 5.7 client against `celeriac worker` on Redis: chains, link
+callbacks, link_error errbacks, chain failure propagation, groups, chords (one that fails,
+one shared with a Python worker), Celery's map/starmap/chunks, and a four-stage pipeline
+with per-stage callbacks compared with what a Python worker leaves.
+
+Signatures the worker applies (callbacks, chain steps, errbacks, chord bodies) carry their
+queue in their options: a worker, Python or celeriac, sends a signature without routing
+options to Celery's default queue `celery`, which this session does not consume.
+"""
+
+import json
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from celery import chain, chord, group
+from celery.canvas import chunks, xmap, xstarmap
+from celery.exceptions import ChordError
+from celery.result import AsyncResult
+
+from conftest import REDIS_URL
+from test_amqp import amqp_client, amqp_queue, start_amqp_worker  # noqa: F401  (a fixture)
+from test_resilience import start_python_worker  # noqa: F401  (a fixture)
+
+TIMEOUT = 30
+META = "celery-task-meta-"
+GROUP_META = "celery-taskset-meta-"
+
+
+@pytest.fixture
+def sig(app, task_queue):
+    """`sig(name, *args, immutable=False, **options)`: a signature of `tasks.<name>` routed
+    to the session queue."""
+
+    def make(name, *args, immutable=False, **options):
+        return app.signature(f"tasks.{name}", args=args, immutable=immutable, queue=task_queue, **options)
+
+    return make
+
+
+def meta(redis_client, task_id):
+    raw = redis_client.get(META + task_id)
+    assert raw is not None, f"no result stored for {task_id}"
+    return json.loads(raw)
+
+
+def wait_for_meta(redis_client, task_id, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while (raw := redis_client.get(META + task_id)) is None or json.loads(raw)["status"] not in (
+        "SUCCESS", "FAILURE", "REVOKED"
+    ):
+        assert time.monotonic() < deadline, f"{task_id} did not finish"
+        time.sleep(0.05)
+    return json.loads(raw)
+
+
+def children_of(redis_client, task_id):
+    """The ids in a task's stored `children` (tasks, and the members of groups)."""
+    ids = []
+    for (child_id, _parent), members in meta(redis_client, task_id)["children"]:
+        if members is None:
+            ids.append(child_id)
+        else:
+            ids.extend(member_id for (member_id, _), _ in members)
+    return ids
+
+
+def results_with_parent(redis_client, parent_id, count, timeout=TIMEOUT):
+    """The stored metas whose `parent_id` is `parent_id` (errbacks are not in the failed
+    task's children: they are sent after its FAILURE is stored); waits for `count` of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for key in redis_client.scan_iter(match=META + "*", count=1000):
+            raw = redis_client.get(key)
+            if raw and f'"parent_id": "{parent_id}"' in raw.decode():
+                doc = json.loads(raw)
+                if doc["status"] in ("SUCCESS", "FAILURE"):
+                    found.append(doc)
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_a_chain_of_three_with_an_immutable_middle_step(app, celeriac_worker, sig, redis_client):
+    result = chain(sig("add", 1, 1), sig("add", 5, 5, immutable=True), sig("add", 10)).apply_async()
+    assert result.get(timeout=TIMEOUT) == 20
+    second, first = result.parent, result.parent.parent
+    assert first.get(timeout=TIMEOUT) == 2 and second.get(timeout=TIMEOUT) == 10
+    assert meta(redis_client, first.id)["children"] == [[[second.id, None], None]]
+    assert meta(redis_client, second.id)["parent_id"] == first.id
+    assert meta(redis_client, result.id)["parent_id"] == second.id
+    assert [r.state for r in (first, second, result)] == ["SUCCESS"] * 3
+
+
+def test_a_link_callback_receives_the_result(app, celeriac_worker, sig, redis_client):
+    result = sig("add", 1, 1).apply_async(link=sig("add", 10))
+    assert result.get(timeout=TIMEOUT) == 2
+    (callback,) = result.children
+    assert callback.get(timeout=TIMEOUT) == 12
+    assert meta(redis_client, callback.id)["parent_id"] == result.id
+
+
+def test_two_link_callbacks_are_sent_as_one_group(app, celeriac_worker, sig, redis_client):
+    result = sig("add", 1, 1).apply_async(link=[sig("add", 10), sig("mul", 10)])
+    assert result.get(timeout=TIMEOUT) == 2
+    (callbacks,) = result.children
+    assert callbacks.get(timeout=TIMEOUT) == [12, 20]
+    member = meta(redis_client, callbacks.results[0].id)
+    assert member["group_id"] == callbacks.id and member["parent_id"] == result.id
+
+
+def test_a_link_error_errback_receives_the_failed_task_id(app, celeriac_worker, sig, redis_client):
+    failing = sig("fail", "boom").apply_async(link_error=sig("on_stage_error", "p-1", "train"))
+    with pytest.raises(ValueError, match="boom"):
+        failing.get(timeout=TIMEOUT)
+    (errback,) = results_with_parent(redis_client, failing.id, 1)
+    assert errback["status"] == "SUCCESS"
+    assert errback["result"] == {"pipeline": "p-1", "stage": "train", "status": "failed",
+                                 "failed_task": failing.id}
+    assert errback["group_id"], "errbacks are sent as a group, as Celery sends them"
+
+
+def test_a_failing_step_fails_every_later_step_of_its_chain(app, celeriac_worker, sig, redis_client):
+    result = chain(sig("fail", "first"), sig("add", 1), sig("add", 2)).apply_async()
+    with pytest.raises(ValueError, match="first"):
+        result.get(timeout=TIMEOUT)
+    first, second = result.parent.parent, result.parent
+    failed = meta(redis_client, first.id)
+    for later in (second, result):
+        stored = meta(redis_client, later.id)
+        assert stored["status"] == "FAILURE"
+        assert stored["result"] == failed["result"] == {
+            "exc_type": "ValueError", "exc_message": ["first"], "exc_module": "builtins"}
+
+
+def test_a_group_stores_its_id_in_every_member(app, celeriac_worker, sig, redis_client):
+    result = group(sig("add", i, i) for i in range(10)).apply_async()
+    assert result.get(timeout=TIMEOUT) == [2 * i for i in range(10)]
+    for member in result.results:
+        assert meta(redis_client, member.id)["group_id"] == result.id
+
+
+def test_a_chord_of_ten_joins_in_order_and_cleans_up(app, celeriac_worker, sig, redis_client):
+    result = chord((sig("add", i, i) for i in range(10)), sig("echo")).apply_async()
+    assert result.get(timeout=TIMEOUT) == {"args": [[2 * i for i in range(10)]], "kwargs": {}}
+    group_id = result.parent.id
+    prefix = GROUP_META + group_id
+    assert not any(redis_client.exists(prefix + s) for s in (".j", ".t", ".s", ".d"))
+    assert redis_client.get(prefix + ".c") == b"done"
+    assert meta(redis_client, result.id)["group_id"] == group_id
+
+
+def test_a_chain_through_a_chord(app, celeriac_worker, sig):
+    header = [sig("add", 1), sig("add", 2)]
+    result = chain(sig("add", 1, 1), chord(header, sig("xsum")), sig("add", 10)).apply_async()
+    assert result.get(timeout=TIMEOUT) == 17
+
+
+def test_a_chord_with_a_failing_header_fails_its_body_and_calls_its_errbacks(
+    app, celeriac_worker, sig, redis_client
+):
+    body = sig("xsum", link_error=sig("on_stage_error", "p-chord", "body"))
+    result = chord([sig("add", 1, 1), sig("fail", "hdr")], body).apply_async()
+    with pytest.raises(ValueError, match="hdr"):
+        result.get(timeout=TIMEOUT)
+    with pytest.raises(ChordError) as raised:
+        result.get(timeout=TIMEOUT, follow_parents=False)
+    failed_id = result.parent.results[1].id
+    assert str(raised.value).startswith("Dependency ") and failed_id in str(raised.value)
+    assert "ValueError('hdr')" in str(raised.value)
+    assert isinstance(AsyncResult(result.id, app=app).result, ChordError)
+    (errback,) = results_with_parent(redis_client, result.id, 1)
+    assert errback["result"]["failed_task"] == result.id
+
+
+def test_map_starmap_and_chunks(app, celeriac_worker):
+    add, xsum = app.signature("tasks.add"), app.signature("tasks.xsum")
+    assert xstarmap(add, zip(range(5), range(5)), app=app).apply_async().get(timeout=TIMEOUT) == [0, 2, 4, 6, 8]
+    assert xmap(xsum, [[1, 2], [3, 4]], app=app).apply_async().get(timeout=TIMEOUT) == [3, 7]
+    chunked = chunks(add, zip(range(10), range(10)), 2, app=app).group().apply_async()
+    assert chunked.get(timeout=TIMEOUT) == [[0, 2], [4, 6], [8, 10], [12, 14], [16, 18]]
+
+
+def test_celery_accumulate_returns_its_arguments(app, celeriac_worker):
+    assert app.send_task("celery.accumulate", args=(1, 2, 3)).get(timeout=TIMEOUT) == [1, 2, 3]
+    assert app.send_task("celery.accumulate", args=(1, 2, 3), kwargs={"index": 1}).get(timeout=TIMEOUT) == 2
+
+
+def test_a_chord_shared_by_a_python_and_a_celeriac_worker_completes_once_in_order(
+    app, unique_queue, start_celeriac_worker, start_python_worker  # noqa: F811
+):
+    celeriac = start_celeriac_worker(unique_queue, concurrency=2)
+    python = start_python_worker(unique_queue, REDIS_URL)
+    header = [app.signature("tasks.add", (i, i), queue=unique_queue) for i in range(60)]
+    body = app.signature("tasks.echo", queue=unique_queue)
+    result = chord(header, body).apply_async()
+    assert result.get(timeout=60) == {"args": [[2 * i for i in range(60)]], "kwargs": {}}
+    header_ids = [r.id for r in result.parent.results]
+    by_celeriac = set(celeriac.task_ids("succeeded"))
+    by_python = set(python.task_ids("succeeded"))
+    assert by_celeriac & set(header_ids) and by_python & set(header_ids), "both ran header tasks"
+    time.sleep(1)  # a second body would have been sent by now
+    runs = celeriac.task_ids("succeeded").count(result.id) + python.task_ids("succeeded").count(result.id)
+    assert runs == 1
+
+
+# The pipeline of the issue's "Done when": run once against celeriac and once against a
+# Python worker, and compare what each leaves.
+
+STAGES = ("preprocess", "train", "evaluate", "cleanup")
+
+
+def run_pipeline(app, task_queue, redis_client, train_fails):
+    pipeline_id = f"pipe-{uuid.uuid4().hex[:8]}"
+
+    def stage(name, *args):
+        return app.signature(
+            f"tasks.{name}", args=(pipeline_id, *args), immutable=True, queue=task_queue,
+            link=app.signature("tasks.on_stage_success", (pipeline_id, name), queue=task_queue),
+            link_error=app.signature("tasks.on_stage_error", (pipeline_id, name), queue=task_queue),
+        )
+
+    train_args = (True,) if train_fails else ()
+    result = chain(stage("preprocess"), stage("train", *train_args), stage("evaluate"),
+                   stage("cleanup")).apply_async()
+    if train_fails:
+        with pytest.raises(RuntimeError):
+            result.get(timeout=TIMEOUT)
+    else:
+        result.get(timeout=TIMEOUT)
+    ids, step = [], result
+    while step is not None:
+        ids.insert(0, step.id)
+        step = step.parent
+    outcome = {}
+    for name, task_id in zip(STAGES, ids):
+        stored = wait_for_meta(redis_client, task_id)
+        callbacks = []
+        for child in children_of(redis_client, task_id):
+            if child not in ids:
+                callbacks.append(wait_for_meta(redis_client, child)["result"])
+        if stored["status"] == "FAILURE":
+            callbacks += [doc["result"] for doc in results_with_parent(redis_client, task_id, 1, timeout=5)]
+        outcome[name] = {"status": stored["status"], "result": stored["result"], "callbacks": callbacks}
+    # Ids differ between runs: name them by stage.
+    text = json.dumps(outcome)
+    for name, task_id in zip(STAGES, ids):
+        text = text.replace(task_id, f"<{name} id>")
+    return json.loads(text.replace(pipeline_id, "<pipeline>"))
+
+
+EXPECTED_SUCCESS = {
+    "preprocess": {"status": "SUCCESS", "result": {"pipeline": "<pipeline>", "rows": 100},
+                   "callbacks": [{"pipeline": "<pipeline>", "stage": "preprocess", "status": "ok",
+                                  "result": {"pipeline": "<pipeline>", "rows": 100}}]},
+    "train": {"status": "SUCCESS", "result": {"pipeline": "<pipeline>", "accuracy": 0.9},
+              "callbacks": [{"pipeline": "<pipeline>", "stage": "train", "status": "ok",
+                             "result": {"pipeline": "<pipeline>", "accuracy": 0.9}}]},
+    "evaluate": {"status": "SUCCESS", "result": {"pipeline": "<pipeline>", "score": 0.875},
+                 "callbacks": [{"pipeline": "<pipeline>", "stage": "evaluate", "status": "ok",
+                                "result": {"pipeline": "<pipeline>", "score": 0.875}}]},
+    "cleanup": {"status": "SUCCESS", "result": {"pipeline": "<pipeline>", "cleaned": True},
+                "callbacks": [{"pipeline": "<pipeline>", "stage": "cleanup", "status": "ok",
+                               "result": {"pipeline": "<pipeline>", "cleaned": True}}]},
+}
+
+TRAIN_ERROR = {"exc_type": "RuntimeError", "exc_message": ["training of <pipeline> diverged"],
+               "exc_module": "builtins"}
+
+EXPECTED_TRAIN_FAILS = {
+    "preprocess": EXPECTED_SUCCESS["preprocess"],
+    "train": {"status": "FAILURE", "result": TRAIN_ERROR,
+              "callbacks": [{"pipeline": "<pipeline>", "stage": "train", "status": "failed",
+                             "failed_task": "<train id>"}]},
+    "evaluate": {"status": "FAILURE", "result": TRAIN_ERROR, "callbacks": []},
+    "cleanup": {"status": "FAILURE", "result": TRAIN_ERROR, "callbacks": []},
+}
+
+
+@pytest.mark.parametrize("train_fails", [False, True], ids=["all-succeed", "train-fails"])
+def test_the_training_pipeline_leaves_what_a_python_worker_leaves(
+    app, unique_queue, redis_client, start_celeriac_worker, start_python_worker,  # noqa: F811
+    train_fails,
+):
+    expected = EXPECTED_TRAIN_FAILS if train_fails else EXPECTED_SUCCESS
+    celeriac = start_celeriac_worker(unique_queue)
+    assert run_pipeline(app, unique_queue, redis_client, train_fails) == expected
+    celeriac.stop()
+    start_python_worker(unique_queue, REDIS_URL)
+    assert run_pipeline(app, unique_queue, redis_client, train_fails) == expected
+
+
+def test_an_expired_header_task_fails_its_chord(app, celeriac_worker, sig):
+    past = datetime.now(timezone.utc) - timedelta(seconds=10)
+    result = chord([sig("add", 1, 1), sig("add", 2, 2, expires=past)], sig("xsum")).apply_async()
+    with pytest.raises(ChordError) as raised:
+        result.get(timeout=TIMEOUT, follow_parents=False)
+    expired_id = result.parent.results[1].id
+    assert f"Dependency {expired_id} raised TaskRevokedError('expired')" == str(raised.value)
+
+
+# On RabbitMQ: the worker publishes callbacks, chain steps and chord bodies over AMQP.
+
+
+@pytest.fixture(scope="module")
+def amqp_served(amqp_queue):  # noqa: F811
+    """`served(backend)`: (client, queue) with a celeriac worker on RabbitMQ storing results
+    in `backend`; workers and clients are stopped at the end."""
+    started = []
+
+    def serve(backend):
+        task_queue = amqp_queue()
+        worker = start_amqp_worker(task_queue, backend)
+        client = amqp_client(task_queue, backend)
+        started.append((worker, client))
+        return client, task_queue
+
+    yield serve
+    for worker, client in started:
+        client.close()
+        worker.stop()
+
+
+def amqp_sig(client, task_queue):
+    def make(name, *args, immutable=False, **options):
+        return client.signature(f"tasks.{name}", args=args, immutable=immutable, queue=task_queue, **options)
+
+    return make
+
+
+@pytest.mark.parametrize("backend", [REDIS_URL, "rpc://"], ids=["redis-backend", "rpc-backend"])
+def test_a_chain_with_a_link_on_rabbitmq(amqp_served, backend):
+    client, task_queue = amqp_served(backend)
+    s = amqp_sig(client, task_queue)
+    result = chain(s("add", 1, 1, link=s("mul", 100)), s("add", 5, 5, immutable=True), s("add", 10)).apply_async()
+    assert result.get(timeout=TIMEOUT) == 20
+    with pytest.raises(ValueError, match="first"):
+        chain(s("fail", "first"), s("add", 1)).apply_async().get(timeout=TIMEOUT)
+
+
+def test_a_chord_on_rabbitmq_with_the_redis_backend(amqp_served):
+    client, task_queue = amqp_served(REDIS_URL)
+    s = amqp_sig(client, task_queue)
+    result = chord((s("add", i, i) for i in range(10)), s("xsum")).apply_async()
+    assert result.get(timeout=TIMEOUT) == 90

@@ -144,6 +144,8 @@ async fn apply_changes(
                 let touched = match event {
                     None => return,
                     Some(Ok(event)) if event.need_rescan() => registry.every_file(),
+                    // Opening and reading (the registry's own reads among them) change nothing.
+                    Some(Ok(event)) if event.kind.is_access() => Vec::new(),
                     Some(Ok(event)) => event
                         .paths
                         .iter()

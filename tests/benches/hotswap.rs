@@ -12,8 +12,9 @@
 //!   the 3 s before the drop; "during the swap" is every task published from the drop until
 //!   0.5 s after the new version serves. p50 and p99 of each.
 //!
-//! `cargo bench -p celeriac-tests --bench hotswap` (after `scripts/build-examples.sh` and a
-//! release build of the binary). The compile cache is `target/test-compile-cache`.
+//! `cargo test --release -p celeriac-tests --bench hotswap -- --nocapture` (or `cargo bench
+//! -p celeriac-tests --bench hotswap`), after `scripts/build-examples.sh` and a release build
+//! of the binary. The compile cache is `target/test-compile-cache`.
 
 #[path = "../support/mod.rs"]
 mod support;

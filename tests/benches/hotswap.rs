@@ -35,13 +35,15 @@ const RATE: u64 = 100;
 const STEADY: Duration = Duration::from_secs(3);
 const AFTER_SWAP: Duration = Duration::from_millis(500);
 
+/// Builds the component bytes declaring a version.
+type Build = Box<dyn Fn(&str) -> Vec<u8>>;
+
 struct Kind {
     label: &'static str,
     file: &'static str,
     task: &'static str,
     args: Value,
-    /// The component bytes declaring a version.
-    build: Box<dyn Fn(&str) -> Vec<u8>>,
+    build: Build,
 }
 
 fn kinds() -> Vec<Kind> {

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod hotswap;
 mod isolation;
 mod limits;
 mod outcomes;

@@ -184,6 +184,45 @@ pub fn trap_guest(name: &str) -> Vec<u8> {
     guest_component(&[name], "unreachable", "null")
 }
 
+/// Counts to `iterations` in a loop (about a nanosecond each), then returns `Ok(result_json)`:
+/// a task that stays busy for a while without any host call.
+pub fn spinning_guest(name: &str, iterations: u64, result_json: &str) -> Vec<u8> {
+    let body = format!(
+        r#"
+        (local.set $tmp64 (i64.const 0))
+        (loop $count
+          (local.set $tmp64 (i64.add (local.get $tmp64) (i64.const 1)))
+          (br_if $count (i64.lt_u (local.get $tmp64) (i64.const {iterations}))))"#
+    );
+    guest_component(&[name], &body, result_json)
+}
+
+/// `component` with a top-level `version` custom section holding `version`, the way
+/// `wasm-tools metadata add --version` declares it. Custom sections may follow any section,
+/// so appending one keeps the component valid.
+pub fn with_declared_version(component: &[u8], version: &str) -> Vec<u8> {
+    fn leb128(mut value: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb128("version".len(), &mut body);
+    body.extend_from_slice(b"version");
+    body.extend_from_slice(version.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0);
+    leb128(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
 /// Recurses without a bound until the wasm stack overflows (`Trap::StackOverflow`).
 pub fn deep_recursion_guest(name: &str) -> Vec<u8> {
     let mut guest = CoreGuest::new(&[name]);

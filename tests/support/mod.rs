@@ -4,3 +4,5 @@
 pub mod celeriac_cli;
 pub mod guests;
 pub mod harness;
+pub mod hotswap;
+pub mod redis_worker;

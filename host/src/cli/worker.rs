@@ -65,6 +65,9 @@ pub struct WorkerArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tasks: TasksOpts,
+    /// Do not watch the tasks directory: components change only with a restart
+    #[arg(long)]
+    pub no_watch: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub limits: LimitOpts,
@@ -141,6 +144,13 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     let cache = args.tasks.cache();
     let registry =
         Arc::new(Registry::load_dir(&sandbox, &args.tasks.tasks_dir, cache.as_ref()).await?);
+    registry.keep_versions().await;
+    // Watching starts before the banner, so a file dropped from now on is noticed.
+    let _watcher = if args.no_watch {
+        None
+    } else {
+        Some(registry.watch()?)
+    };
 
     let mut options = BrokerOptions::default();
     if let Some(seconds) = args.visibility_timeout {
@@ -284,10 +294,19 @@ fn print_banner(
         ));
     }
     out.push_str("\n[tasks]\n");
-    let mut names = registry.task_names();
-    names.sort_unstable();
-    for name in names {
-        out.push_str(&format!("  . {name}\n"));
+    let versions = registry.versions();
+    let width = versions
+        .iter()
+        .map(|task| task.name.len())
+        .max()
+        .unwrap_or(0);
+    for task in versions {
+        out.push_str(&format!(
+            "  . {:<width$}  {} ({})\n",
+            task.name,
+            task.version,
+            task.file.file_name().unwrap_or_default().to_string_lossy()
+        ));
     }
     println!("{out}");
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::backend::{ExceptionInfo, ResultBackend, TaskMeta};
 use crate::broker::{Broker, Consumer, Delivery, Outgoing};
 use crate::protocol::{self, Disposition, TaskMessage};
+use crate::registry::TaskTable;
 
 use super::canvas::{self, Target};
 use super::clock;
@@ -22,9 +23,22 @@ use super::run_loop::WorkerContext;
 const MIN_VISIBILITY_REFRESH: Duration = Duration::from_secs(1);
 
 /// Handles one delivery; every path ends with the message acked, rejected or given back.
-pub async fn handle<B: Broker, R: ResultBackend + 'static>(
+///
+/// The task table is taken when the run loop hands the delivery out, not when the spawned
+/// task first runs, so deliveries meet a hot swap in the order they arrived: a stream of
+/// tasks switches to a new version once and never back.
+pub fn handle<B: Broker, R: ResultBackend + 'static>(
     worker: Arc<WorkerContext<B, R>>,
     delivery: Delivery,
+) -> impl Future<Output = ()> + Send + 'static {
+    let tasks = worker.registry.snapshot();
+    handle_resolving_in(worker, delivery, tasks)
+}
+
+async fn handle_resolving_in<B: Broker, R: ResultBackend + 'static>(
+    worker: Arc<WorkerContext<B, R>>,
+    delivery: Delivery,
+    tasks: Arc<TaskTable>,
 ) {
     let consumer = &worker.consumer;
     let message = match protocol::decode(&delivery.raw()) {
@@ -43,7 +57,7 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
             return;
         }
     };
-    let Some(target) = Target::resolve(&worker.registry, &message.task) else {
+    let Some(target) = Target::resolve(&tasks, &message.task) else {
         reject_unregistered(&worker, &delivery, &message).await;
         return;
     };

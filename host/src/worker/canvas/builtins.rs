@@ -22,7 +22,7 @@ use crate::backend::{HeaderResult, ResultBackend};
 use crate::broker::Broker;
 use crate::protocol::kombu_json::{from_kombu_json, to_kombu_json};
 use crate::protocol::{Signature, SignatureError};
-use crate::registry::{LoadedComponent, Registry};
+use crate::registry::{LoadedComponent, TaskTable};
 use crate::sandbox::{Invocation, RetryRequest, TaskOptions};
 
 use super::super::execution::TaskRun;
@@ -86,11 +86,12 @@ impl Builtin {
 }
 
 impl Target {
-    /// What serves `name`: a built-in, else the component that registered it.
-    pub fn resolve(registry: &Registry, name: &str) -> Option<Target> {
+    /// What serves `name`: a built-in, else the component that registered it in `tasks`
+    /// (the registry's snapshot taken when the delivery was handed out).
+    pub fn resolve(tasks: &TaskTable, name: &str) -> Option<Target> {
         Builtin::from_name(name)
             .map(Target::Builtin)
-            .or_else(|| registry.resolve(name).cloned().map(Target::Component))
+            .or_else(|| tasks.resolve(name).cloned().map(Target::Component))
     }
 
     /// The task options of `name` (as declared by Celery for the built-ins).
@@ -194,7 +195,7 @@ async fn map<B: Broker, R: ResultBackend + 'static>(
     let kwargs = &run.message.kwargs;
     let task = signature_kwarg(kwargs, "task")?;
     let items = list_kwarg(kwargs, "it")?;
-    let Some(component) = run.worker.registry.resolve(&task.task).cloned() else {
+    let Some(component) = run.worker.registry.resolve(&task.task) else {
         return Err(CeleryException {
             exc_message: vec![Value::from(task.task.clone())],
             ..exception("celery.exceptions", "NotRegistered", &task.task)

@@ -52,7 +52,7 @@ impl CeleryException {
         )
     }
 
-    fn from_guest(exception: &Exception) -> Self {
+    pub(crate) fn from_guest(exception: &Exception) -> Self {
         let args = match serde_json::from_str::<Value>(&exception.exc_args) {
             Ok(Value::Array(args)) => args,
             // A guest that sends something other than a JSON array still gets its message

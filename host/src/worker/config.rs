@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::control::ControlConfig;
 use crate::sandbox::SandboxLimits;
 
 /// How the worker loop runs.
@@ -26,6 +27,8 @@ pub struct WorkerConfig {
     pub shutdown_timeout: Duration,
     /// How long the final fetch at shutdown may take; at least the broker's fetch wait.
     pub drain_timeout: Duration,
+    /// Events and remote control.
+    pub control: ControlConfig,
 }
 
 impl WorkerConfig {
@@ -42,6 +45,7 @@ impl WorkerConfig {
             limits: SandboxLimits::new(),
             shutdown_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(2),
+            control: ControlConfig::default(),
         }
     }
 

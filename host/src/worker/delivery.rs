@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::backend::{ExceptionInfo, ResultBackend, TaskMeta};
 use crate::broker::{Broker, Consumer, Delivery};
+use crate::control::TrackedTask;
 use crate::protocol::{self, Disposition, TaskMessage};
 
 use super::clock;
@@ -57,8 +58,9 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
     if discard_if_revoked(&worker, &delivery, &message, ignore_result).await {
         return;
     }
+    let tracked = worker.monitor.task_received(&message, &delivery);
 
-    let due = wait_until_due(&worker, &message);
+    let due = wait_until_due(&worker, &message, &tracked);
     let Some(_slot) = keeping_visible(consumer, &delivery, due).await else {
         finish(consumer, &delivery, Settle::Reject { requeue: true }).await;
         return;
@@ -71,7 +73,9 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
     let acks_late = worker.config.acks_late || options.acks_late == Some(true);
     if !acks_late {
         finish(consumer, &delivery, Settle::Ack).await;
+        tracked.acknowledged();
     }
+    tracked.started();
     let run = TaskRun {
         worker: &worker,
         message: &message,
@@ -90,6 +94,9 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
         run.execute(&component.prepared).await
     };
     if acks_late {
+        if let Settle::Reject { requeue } = settle {
+            worker.monitor.task_rejected(&message.id, requeue);
+        }
         finish(consumer, &delivery, settle).await;
     } else if settle == (Settle::Reject { requeue: true }) {
         tracing::warn!(
@@ -105,6 +112,7 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
 async fn wait_until_due<B: Broker, R: ResultBackend>(
     worker: &WorkerContext<B, R>,
     message: &TaskMessage,
+    tracked: &TrackedTask,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let mut stopping = worker.stopping.clone();
     let wait = async {
@@ -115,6 +123,7 @@ async fn wait_until_due<B: Broker, R: ResultBackend>(
                 tokio::time::sleep(delay).await;
             }
         }
+        tracked.due();
         Arc::clone(&worker.slots).acquire_owned().await.ok()
     };
     let slot = tokio::select! {
@@ -169,6 +178,7 @@ async fn discard_if_revoked<B: Broker, R: ResultBackend>(
         return false;
     }
     tracing::info!("Discarding revoked task: {}[{}]", message.task, message.id);
+    worker.monitor.task_revoked(&message.id, expired, None);
     if !ignore_result {
         let reason = [Value::from(if expired { "expired" } else { "revoked" })];
         let meta = TaskMeta::revoked(
@@ -198,6 +208,7 @@ async fn reject_unregistered<B: Broker, R: ResultBackend>(
         message.id
     );
     let args = [Value::from(message.task.clone())];
+    worker.monitor.task_unregistered(&message.id, &message.task);
     let meta = TaskMeta::failure(
         &message.id,
         ExceptionInfo {

@@ -104,10 +104,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
         let limits = resolve_limits(
             &self.worker.config.limits,
             self.options,
-            HeaderTimeLimits {
-                hard: message.timelimit.hard,
-                soft: message.timelimit.soft,
-            },
+            self.header_time_limits(),
         );
         let invocation = Invocation {
             request: self.request(),
@@ -149,6 +146,16 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
         })
     }
 
+    /// The message's time limits; when it has none, those set by remote `time_limit`.
+    fn header_time_limits(&self) -> HeaderTimeLimits {
+        let message = self.message;
+        let remote = self.worker.monitor.overrides.time(&message.task);
+        match (message.timelimit.soft, message.timelimit.hard, remote) {
+            (None, None, Some((soft, hard))) => HeaderTimeLimits { hard, soft },
+            (soft, hard, _) => HeaderTimeLimits { hard, soft },
+        }
+    }
+
     /// Logs and stores the state the task ended in.
     async fn report(&self, state: TaskState, elapsed: Duration) -> Result<Settle, BackendError> {
         let message = self.message;
@@ -161,6 +168,9 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                     elapsed.as_secs_f64(),
                     truncate(&result, MAX_LOGGED_RESULT)
                 );
+                self.worker
+                    .monitor
+                    .task_succeeded(&message.id, &result, elapsed);
                 if !self.ignore_result {
                     match TaskMeta::success(&message.id, &result) {
                         Ok(meta) => self.store(meta).await?,
@@ -208,6 +218,10 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                     message.task,
                     message.id
                 );
+                let original = retry.exc.as_ref().map(CeleryException::from_guest);
+                self.worker
+                    .monitor
+                    .task_retried(&message.id, original.as_ref(), &eta.to_string());
                 if !self.ignore_result {
                     let meta = match &retry.exc {
                         Some(exc) => {
@@ -272,6 +286,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
             exception.exc_type,
             python_args(&exception.exc_message)
         );
+        self.worker.monitor.task_failed(&self.message.id, exception);
         if self.ignore_result {
             return Ok(());
         }

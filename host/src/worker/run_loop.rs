@@ -5,11 +5,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::AtomicUsize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::backend::ResultBackend;
 use crate::broker::{Broker, Consumer};
+use crate::control::{Control, ControlContext, EventQueue, Monitor};
 use crate::registry::Registry;
 use crate::sandbox::Sandbox;
 
@@ -39,6 +41,8 @@ pub struct WorkerContext<B: Broker, R: ResultBackend> {
     pub revoked: Arc<RevokedTasks>,
     /// Turns true when the worker begins to stop.
     pub stopping: watch::Receiver<bool>,
+    /// What the worker reports its tasks into (events, inspect).
+    pub monitor: Arc<Monitor>,
 }
 
 /// Consumes `config.queues` until `shutdown` resolves, then shuts down warmly: stops
@@ -63,6 +67,12 @@ where
         config.prefetch(),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (events, queued) = EventQueue::new();
+    let monitor = Arc::new(Monitor::new(
+        &config.nodename,
+        config.control.task_events,
+        events.clone(),
+    ));
     let worker = Arc::new(WorkerContext {
         slots: Arc::new(Semaphore::new(config.concurrency)),
         config,
@@ -72,7 +82,26 @@ where
         backend,
         revoked: Arc::default(),
         stopping: stop_rx,
+        monitor,
     });
+    let control = Control::start(
+        Arc::new(ControlContext {
+            monitor: Arc::clone(&worker.monitor),
+            consumer: Arc::clone(&consumer),
+            backend: Arc::clone(&worker.backend),
+            revoked: Arc::clone(&worker.revoked),
+            registry: Arc::clone(&worker.registry),
+            slots: Arc::clone(&worker.slots),
+            concurrency: AtomicUsize::new(worker.config.concurrency),
+            config: worker.config.clone(),
+            settings: worker.config.control.clone(),
+            remote_shutdown: watch::channel(false).0,
+        }),
+        events,
+        queued,
+    )
+    .await;
+    tracing::info!("{} ready.", worker.config.nodename);
 
     let mut tasks = JoinSet::new();
     let mut backoff = FIRST_BACKOFF;
@@ -80,6 +109,7 @@ where
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            () = control.shutdown_requested() => break,
             next = consumer.next() => match next {
                 Ok(delivery) => {
                     if backoff > FIRST_BACKOFF {
@@ -120,5 +150,6 @@ where
         );
         tasks.shutdown().await;
     }
+    control.stop().await;
     Ok(())
 }

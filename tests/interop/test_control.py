@@ -1,0 +1,325 @@
+"""Celery's own monitoring and control tools against `celeriac worker` on Redis:
+`celery inspect` / `celery control` (the pidbox), `app.control`, and an
+`app.events.Receiver` capturing the worker's events, with the fields and types a Python
+worker sends. Also checks that a Python worker sharing the broker keeps working while
+celeriac sends its events.
+
+Every request names its worker (`destination`): other workers on the same Redis, from other
+test runs, must never see a `shutdown` meant for this one.
+"""
+
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from conftest import REDIS_URL, ROOT, WorkerProcess, worker_env
+
+CELERY = ROOT / "target" / "interop-venv" / "bin" / "celery"
+TIMEOUT = 20
+
+
+def wait_until(condition, what, worker=None, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            log = worker.output()[-6000:] if worker else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{log}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def node():
+    return f"ctl-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+
+
+@pytest.fixture
+def worker(start_celeriac_worker, unique_queue, node):
+    return start_celeriac_worker(unique_queue, "-n", node, "-E", concurrency=2)
+
+
+@pytest.fixture
+def client(make_client, unique_queue):
+    return make_client(task_default_queue=unique_queue)
+
+
+def inspect(client, node, timeout=2.0):
+    return client.control.inspect(destination=[node], timeout=timeout)
+
+
+def celery_cli(*argv):
+    """Runs `celery -b <redis> <argv>` (Celery's CLI, default app) and returns the result."""
+    return subprocess.run(
+        [str(CELERY), "-b", REDIS_URL, *argv],
+        capture_output=True, text=True, timeout=60, env=worker_env(),
+    )
+
+
+def test_celery_inspect_ping_gets_pong(worker, node):
+    result = celery_cli("inspect", "ping", "-d", node)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"->  {node}: OK" in result.stdout
+    assert "pong" in result.stdout
+    assert "1 node online." in result.stdout
+
+
+def test_replies_come_within_the_default_timeout_while_every_slot_is_busy(worker, node, client):
+    running = [client.send_task("tasks.sleep", (4,)) for _ in range(2)]
+    wait_until(lambda: len((inspect(client, node).active() or {}).get(node, [])) == 2,
+               "both slots busy", worker)
+    started = time.monotonic()
+    replies = client.control.ping(destination=[node], timeout=1.0)
+    assert replies == [{node: {"ok": "pong"}}], replies
+    assert time.monotonic() - started < 1.5
+    for result in running:
+        assert result.get(timeout=TIMEOUT) == 4
+
+
+def test_registered_lists_the_component_task_names(worker, node):
+    result = celery_cli("inspect", "registered", "-d", node)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("tasks.add", "tasks.sleep", "tasks.spin", "tasks.fail"):
+        assert f"* {name}" in result.stdout, result.stdout
+
+
+def test_active_shows_a_running_task_with_celerys_request_info(worker, node, client):
+    result = client.send_task("tasks.sleep", (3,))
+    active = wait_until(lambda: (inspect(client, node).active() or {}).get(node), "active task", worker)
+    info = active[0]
+    assert info["id"] == result.id
+    assert info["name"] == info["type"] == "tasks.sleep"
+    assert info["args"] == [3] and info["kwargs"] == {}
+    assert info["hostname"] == node
+    assert isinstance(info["time_start"], float)
+    assert info["acknowledged"] is True
+    assert info["delivery_info"]["routing_key"] == client.conf.task_default_queue
+    safe = inspect(client, node).active(safe=True)[node][0]
+    assert safe["args"] == "(3,)"
+    assert result.get(timeout=TIMEOUT) == 3
+    assert inspect(client, node).active() == {node: []}
+
+
+def test_stats_counts_tasks_and_describes_the_broker(worker, node, client):
+    assert client.send_task("tasks.add", (1, 2)).get(timeout=TIMEOUT) == 3
+    assert client.send_task("tasks.add", (2, 2)).get(timeout=TIMEOUT) == 4
+    stats = inspect(client, node).stats()[node]
+    assert stats["total"] == {"tasks.add": 2}
+    assert stats["broker"]["transport"] == "redis"
+    assert stats["broker"]["hostname"] == "127.0.0.1"
+    assert isinstance(stats["pid"], int)
+    assert isinstance(stats["clock"], str) and int(stats["clock"]) > 0
+    assert stats["pool"]["max-concurrency"] == 2
+    assert stats["prefetch_count"] == 8
+
+
+def test_revoke_flags_the_id_and_stores_revoked(worker, node, client):
+    result = client.send_task("tasks.add", (1, 1), countdown=3)
+    wait_until(lambda: (inspect(client, node).scheduled() or {}).get(node), "scheduled task", worker)
+    scheduled = inspect(client, node).scheduled()[node][0]
+    assert scheduled["priority"] == 6 and scheduled["request"]["id"] == result.id
+    client.control.revoke(result.id, destination=[node])
+    wait_until(lambda: result.id in (inspect(client, node).revoked() or {}).get(node, []),
+               "revoked id listed", worker)
+    wait_until(lambda: result.state == "REVOKED", "REVOKED stored", worker)
+    time.sleep(3.5)
+    assert f"Discarding revoked task: tasks.add[{result.id}]" in worker.output()
+    assert result.state == "REVOKED"
+
+
+def test_revoke_with_a_reply_answers_like_celery(worker, node, client):
+    replies = client.control.revoke("some-id", destination=[node], reply=True, timeout=2)
+    assert replies == [{node: {"ok": "tasks {'some-id'} flagged as revoked"}}], replies
+
+
+def test_query_task_and_unknown_commands(worker, node, client):
+    assert inspect(client, node).query_task("nope") == {node: {}}
+    replies = client.control.broadcast("nosuchcmd", destination=[node], reply=True, timeout=2)
+    assert replies == [{node: {"error": "KeyError('nosuchcmd')"}}], replies
+
+
+def test_active_queues_add_consumer_and_cancel_consumer(worker, node, client, unique_queue):
+    queues = inspect(client, node).active_queues()[node]
+    assert [q["name"] for q in queues] == [unique_queue]
+    assert queues[0]["exchange"]["type"] == "direct" and queues[0]["durable"] is True
+
+    extra = f"{unique_queue}-extra"
+    reply = client.control.add_consumer(extra, destination=[node], reply=True, timeout=2)
+    assert reply == [{node: {"ok": f"add consumer {extra}"}}], reply
+    names = sorted(q["name"] for q in inspect(client, node).active_queues()[node])
+    assert names == sorted([unique_queue, extra])
+    assert client.send_task("tasks.add", (5, 5), queue=extra).get(timeout=TIMEOUT) == 10
+
+    reply = client.control.cancel_consumer(extra, destination=[node], reply=True, timeout=2)
+    assert reply == [{node: {"ok": f"no longer consuming from {extra}"}}], reply
+    assert [q["name"] for q in inspect(client, node).active_queues()[node]] == [unique_queue]
+
+
+def test_rate_limit_and_time_limit_reply_as_celery(worker, node, client):
+    reply = client.control.rate_limit("tasks.add", "10/m", destination=[node], reply=True, timeout=2)
+    assert reply == [{node: {"ok": "new rate limit set successfully"}}], reply
+    assert "tasks.add [rate_limit=10/m]" in inspect(client, node).registered()[node]
+    reply = client.control.rate_limit("tasks.nope", "1/s", destination=[node], reply=True, timeout=2)
+    assert reply == [{node: {"error": "unknown task"}}], reply
+    reply = client.control.time_limit("tasks.add", soft=5, hard=10, destination=[node], reply=True, timeout=2)
+    assert reply == [{node: {"ok": "time limits set successfully"}}], reply
+
+
+def test_enable_and_disable_events_answer_already_with_dash_e(worker, node, client):
+    reply = client.control.enable_events(destination=[node], reply=True, timeout=2)
+    assert reply == [{node: {"ok": "task events already enabled"}}], reply
+
+
+def test_shutdown_stops_the_worker_warmly(start_celeriac_worker, unique_queue, node, client):
+    worker = start_celeriac_worker(unique_queue, "-n", node)
+    running = client.send_task("tasks.sleep", (2,))
+    wait_until(lambda: (inspect(client, node).active() or {}).get(node), "task running", worker)
+    client.control.shutdown(destination=[node])
+    worker.process.wait(timeout=TIMEOUT)
+    assert worker.process.returncode == 0, worker.output()
+    assert "Got shutdown from remote" in worker.output()
+    assert running.get(timeout=TIMEOUT) == 2, "the running task finished first"
+
+
+class EventCapture:
+    """An `app.events.Receiver` (what Flower and `celery events` use) on its own thread,
+    keeping every event of one node. Starting, it broadcasts the `heartbeat` command as
+    every receiver does (`wakeup_workers`)."""
+
+    def __init__(self, app, node):
+        self.node = node
+        self.events = []
+        ready = threading.Event()
+
+        class Receiver(app.events.Receiver):
+            def on_consume_ready(self, *args, **kwargs):
+                super().on_consume_ready(*args, **kwargs)
+                ready.set()
+
+        self.connection = app.connection()
+        self.receiver = Receiver(self.connection, handlers={"*": self._keep})
+        self.thread = threading.Thread(target=self.receiver.capture, daemon=True)
+        self.thread.start()
+        assert ready.wait(10), "receiver did not start"
+
+    def _keep(self, event):
+        if event.get("hostname") == self.node:
+            self.events.append(event)
+
+    def of_type(self, kind):
+        return [e for e in self.events if e["type"] == kind]
+
+    def close(self):
+        self.receiver.should_stop = True
+        self.thread.join(timeout=5)
+        self.connection.close()
+
+
+STANDARD_FIELDS = {"type": str, "hostname": str, "utcoffset": int, "pid": int, "clock": int,
+                   "timestamp": float}
+WORKER_FIELDS = {**STANDARD_FIELDS, "freq": float, "active": int, "processed": int,
+                 "loadavg": list, "sw_ident": str, "sw_ver": str, "sw_sys": str}
+
+
+def check_fields(event, fields):
+    for name, kind in fields.items():
+        assert name in event, f"{event['type']} has no {name}: {event}"
+        assert isinstance(event[name], kind) and not isinstance(event[name], bool), (name, event)
+
+
+def test_events_carry_celerys_fields_and_types(start_celeriac_worker, unique_queue, node, client):
+    capture = EventCapture(client, node)
+    try:
+        worker = start_celeriac_worker(unique_queue, "-n", node, "-E")
+        ok = client.send_task("tasks.add", (2, 3))
+        failed = client.send_task("tasks.fail", ("boom",))
+        assert ok.get(timeout=TIMEOUT) == 5
+        with pytest.raises(ValueError):
+            failed.get(timeout=TIMEOUT)
+        wait_until(lambda: len(capture.of_type("worker-heartbeat")) >= 2, "two heartbeats", worker)
+        wait_until(lambda: capture.of_type("task-failed"), "task-failed", worker)
+    finally:
+        capture.close()
+
+    online = capture.of_type("worker-online")
+    assert online, capture.events
+    for event in online + capture.of_type("worker-heartbeat"):
+        check_fields(event, WORKER_FIELDS)
+        assert event["freq"] == 2.0 and len(event["loadavg"]) == 3
+    beats = [e["timestamp"] for e in capture.of_type("worker-heartbeat")]
+    assert all(b - a < 4.0 for a, b in zip(beats, beats[1:])), beats
+
+    by_task = {}
+    for event in capture.events:
+        if event["type"].startswith("task-"):
+            check_fields(event, STANDARD_FIELDS)
+            by_task.setdefault(event["uuid"], []).append(event)
+    kinds = [e["type"] for e in by_task[ok.id]]
+    assert kinds == ["task-received", "task-started", "task-succeeded"], kinds
+    received, _, succeeded = by_task[ok.id]
+    assert received["name"] == "tasks.add" and received["args"] == "(2, 3)"
+    assert received["kwargs"] == "{}" and received["retries"] == 0
+    assert succeeded["result"] == "5" and isinstance(succeeded["runtime"], float)
+    fail = by_task[failed.id][-1]
+    assert fail["type"] == "task-failed"
+    assert fail["exception"] == "ValueError('boom')"
+    assert isinstance(fail["traceback"], str)
+    clocks = [e["clock"] for e in capture.events]
+    assert clocks == sorted(clocks), "the Lamport clock only moves on"
+
+
+def test_worker_offline_is_sent_at_shutdown(start_celeriac_worker, unique_queue, node, client):
+    capture = EventCapture(client, node)
+    try:
+        worker = start_celeriac_worker(unique_queue, "-n", node)
+        wait_until(lambda: capture.of_type("worker-online"), "worker-online", worker)
+        worker.stop()
+        wait_until(lambda: capture.of_type("worker-offline"), "worker-offline", worker, timeout=5)
+    finally:
+        capture.close()
+    check_fields(capture.of_type("worker-offline")[0], WORKER_FIELDS)
+
+
+def test_task_events_follow_enable_events_without_dash_e(start_celeriac_worker, unique_queue, node, client):
+    capture = EventCapture(client, node)
+    try:
+        worker = start_celeriac_worker(unique_queue, "-n", node)
+        quiet = client.send_task("tasks.add", (1, 1))
+        assert quiet.get(timeout=TIMEOUT) == 2
+        reply = client.control.enable_events(destination=[node], reply=True, timeout=2)
+        assert reply == [{node: {"ok": "task events enabled"}}], reply
+        loud = client.send_task("tasks.add", (1, 2))
+        assert loud.get(timeout=TIMEOUT) == 3
+        wait_until(lambda: [e for e in capture.of_type("task-succeeded") if e["uuid"] == loud.id],
+                   "task-succeeded after enable_events", worker)
+    finally:
+        capture.close()
+    assert not [e for e in capture.events if e.get("uuid") == quiet.id], "no task events before"
+
+
+def test_a_python_worker_on_the_same_broker_keeps_working(start_celeriac_worker, unique_queue, node, client):
+    celeriac = start_celeriac_worker(unique_queue, "-n", node, "-E")
+    py_queue = f"{unique_queue}-py"
+    argv = [str(CELERY), "-A", "tasks", "-b", REDIS_URL, "--result-backend", REDIS_URL, "worker",
+            "-P", "threads", "-c", "1", "-Q", py_queue, "-n", f"py-{uuid.uuid4().hex[:8]}@%h",
+            "-l", "info"]
+    env = worker_env({"PYTHONPATH": str(ROOT / "examples" / "python"), "PYTHONUNBUFFERED": "1"})
+    python = WorkerProcess("celery worker", argv, env).wait_ready()
+    try:
+        for i in range(3):
+            assert client.send_task("tasks.add", (i, i)).get(timeout=TIMEOUT) == 2 * i
+            assert client.send_task("tasks.add", (i, 1), queue=py_queue).get(timeout=TIMEOUT) == i + 1
+        time.sleep(5)  # heartbeats, which the Python worker's gossip consumes
+        assert client.send_task("tasks.add", (7, 1), queue=py_queue).get(timeout=TIMEOUT) == 8
+    finally:
+        python.stop()
+    log = python.output()
+    for sign in ("Traceback", "KeyError", "Connection to broker lost", "Substantial drift"):
+        assert sign not in log, log[-6000:]
+    assert f"missed heartbeat from {node}" not in log
+    assert celeriac.process.poll() is None

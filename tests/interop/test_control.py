@@ -1,4 +1,5 @@
-"""Celery's own monitoring and control tools against `celeriac worker` on Redis:
+"""Celery's own monitoring and control tools against `celeriac worker` on Redis and
+RabbitMQ:
 `celery inspect` / `celery control` (the pidbox), `app.control`, and an
 `app.events.Receiver` capturing the worker's events, with the fields and types a Python
 worker sends. Also checks that a Python worker sharing the broker keeps working while
@@ -14,9 +15,12 @@ import threading
 import time
 import uuid
 
+import kombu
 import pytest
+from celery import Celery
 
 from conftest import REDIS_URL, ROOT, WorkerProcess, worker_env
+from test_amqp import AMQP_URL
 
 CELERY = ROOT / "target" / "interop-venv" / "bin" / "celery"
 TIMEOUT = 20
@@ -39,30 +43,59 @@ def node():
     return f"ctl-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
 
 
-@pytest.fixture
-def worker(start_celeriac_worker, unique_queue, node):
-    return start_celeriac_worker(unique_queue, "-n", node, "-E", concurrency=2)
+@pytest.fixture(params=["redis", "amqp"])
+def broker_url(request):
+    """Each test runs on both brokers; results always go to Redis."""
+    return REDIS_URL if request.param == "redis" else AMQP_URL
 
 
 @pytest.fixture
-def client(make_client, unique_queue):
-    return make_client(task_default_queue=unique_queue)
+def start(start_celeriac_worker, broker_url):
+    """`start(queue, *options)`: a celeriac worker on the test's broker."""
+
+    def start_worker(task_queue, *options, **kw):
+        env = {"CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": REDIS_URL}
+        return start_celeriac_worker(task_queue, *options, env_overrides=env, **kw)
+
+    return start_worker
+
+
+@pytest.fixture
+def worker(start, unique_queue, node):
+    return start(unique_queue, "-n", node, "-E", concurrency=2)
+
+
+@pytest.fixture
+def client(broker_url, unique_queue):
+    """A Celery client on the test's broker; on RabbitMQ the test's queues (and the
+    exchanges Celery declares beside them) are deleted afterwards."""
+    app = Celery("control", broker=broker_url, backend=REDIS_URL)
+    app.conf.task_default_queue = unique_queue
+    app.conf.result_expires = 600
+    yield app
+    app.close()
+    if broker_url == AMQP_URL:
+        with kombu.Connection(AMQP_URL) as connection:
+            channel = connection.default_channel
+            for name in (unique_queue, f"{unique_queue}-extra", f"{unique_queue}-py"):
+                channel.queue_delete(name)
+                channel.exchange_delete(name)
 
 
 def inspect(client, node, timeout=2.0):
     return client.control.inspect(destination=[node], timeout=timeout)
 
 
-def celery_cli(*argv):
-    """Runs `celery -b <redis> <argv>` (Celery's CLI, default app) and returns the result."""
+def celery_cli(broker_url, *argv):
+    """Runs `celery -b <broker> <argv>` (Celery's CLI, default app) and returns the result."""
     return subprocess.run(
-        [str(CELERY), "-b", REDIS_URL, *argv],
+        [str(CELERY), "-b", broker_url, *argv],
         capture_output=True, text=True, timeout=60, env=worker_env(),
     )
 
 
-def test_celery_inspect_ping_gets_pong(worker, node):
-    result = celery_cli("inspect", "ping", "-d", node)
+def test_celery_inspect_ping_gets_pong(worker, node, broker_url):
+    result = celery_cli(broker_url, "inspect", "ping", "-d", node)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"->  {node}: OK" in result.stdout
     assert "pong" in result.stdout
@@ -81,8 +114,8 @@ def test_replies_come_within_the_default_timeout_while_every_slot_is_busy(worker
         assert result.get(timeout=TIMEOUT) == 4
 
 
-def test_registered_lists_the_component_task_names(worker, node):
-    result = celery_cli("inspect", "registered", "-d", node)
+def test_registered_lists_the_component_task_names(worker, node, broker_url):
+    result = celery_cli(broker_url, "inspect", "registered", "-d", node)
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("tasks.add", "tasks.sleep", "tasks.spin", "tasks.fail"):
         assert f"* {name}" in result.stdout, result.stdout
@@ -105,12 +138,12 @@ def test_active_shows_a_running_task_with_celerys_request_info(worker, node, cli
     assert inspect(client, node).active() == {node: []}
 
 
-def test_stats_counts_tasks_and_describes_the_broker(worker, node, client):
+def test_stats_counts_tasks_and_describes_the_broker(worker, node, client, broker_url):
     assert client.send_task("tasks.add", (1, 2)).get(timeout=TIMEOUT) == 3
     assert client.send_task("tasks.add", (2, 2)).get(timeout=TIMEOUT) == 4
     stats = inspect(client, node).stats()[node]
     assert stats["total"] == {"tasks.add": 2}
-    assert stats["broker"]["transport"] == "redis"
+    assert stats["broker"]["transport"] == ("redis" if broker_url == REDIS_URL else "amqp")
     assert stats["broker"]["hostname"] == "127.0.0.1"
     assert isinstance(stats["pid"], int)
     assert isinstance(stats["clock"], str) and int(stats["clock"]) > 0
@@ -175,8 +208,8 @@ def test_enable_and_disable_events_answer_already_with_dash_e(worker, node, clie
     assert reply == [{node: {"ok": "task events already enabled"}}], reply
 
 
-def test_shutdown_stops_the_worker_warmly(start_celeriac_worker, unique_queue, node, client):
-    worker = start_celeriac_worker(unique_queue, "-n", node)
+def test_shutdown_stops_the_worker_warmly(start, unique_queue, node, client):
+    worker = start(unique_queue, "-n", node)
     running = client.send_task("tasks.sleep", (2,))
     wait_until(lambda: (inspect(client, node).active() or {}).get(node), "task running", worker)
     client.control.shutdown(destination=[node])
@@ -232,10 +265,10 @@ def check_fields(event, fields):
         assert isinstance(event[name], kind) and not isinstance(event[name], bool), (name, event)
 
 
-def test_events_carry_celerys_fields_and_types(start_celeriac_worker, unique_queue, node, client):
+def test_events_carry_celerys_fields_and_types(start, unique_queue, node, client):
     capture = EventCapture(client, node)
     try:
-        worker = start_celeriac_worker(unique_queue, "-n", node, "-E")
+        worker = start(unique_queue, "-n", node, "-E")
         ok = client.send_task("tasks.add", (2, 3))
         failed = client.send_task("tasks.fail", ("boom",))
         assert ok.get(timeout=TIMEOUT) == 5
@@ -273,10 +306,10 @@ def test_events_carry_celerys_fields_and_types(start_celeriac_worker, unique_que
     assert clocks == sorted(clocks), "the Lamport clock only moves on"
 
 
-def test_worker_offline_is_sent_at_shutdown(start_celeriac_worker, unique_queue, node, client):
+def test_worker_offline_is_sent_at_shutdown(start, unique_queue, node, client):
     capture = EventCapture(client, node)
     try:
-        worker = start_celeriac_worker(unique_queue, "-n", node)
+        worker = start(unique_queue, "-n", node)
         wait_until(lambda: capture.of_type("worker-online"), "worker-online", worker)
         worker.stop()
         wait_until(lambda: capture.of_type("worker-offline"), "worker-offline", worker, timeout=5)
@@ -285,10 +318,10 @@ def test_worker_offline_is_sent_at_shutdown(start_celeriac_worker, unique_queue,
     check_fields(capture.of_type("worker-offline")[0], WORKER_FIELDS)
 
 
-def test_task_events_follow_enable_events_without_dash_e(start_celeriac_worker, unique_queue, node, client):
+def test_task_events_follow_enable_events_without_dash_e(start, unique_queue, node, client):
     capture = EventCapture(client, node)
     try:
-        worker = start_celeriac_worker(unique_queue, "-n", node)
+        worker = start(unique_queue, "-n", node)
         quiet = client.send_task("tasks.add", (1, 1))
         assert quiet.get(timeout=TIMEOUT) == 2
         reply = client.control.enable_events(destination=[node], reply=True, timeout=2)
@@ -302,10 +335,10 @@ def test_task_events_follow_enable_events_without_dash_e(start_celeriac_worker, 
     assert not [e for e in capture.events if e.get("uuid") == quiet.id], "no task events before"
 
 
-def test_a_python_worker_on_the_same_broker_keeps_working(start_celeriac_worker, unique_queue, node, client):
-    celeriac = start_celeriac_worker(unique_queue, "-n", node, "-E")
+def test_a_python_worker_on_the_same_broker_keeps_working(start, unique_queue, node, client, broker_url):
+    celeriac = start(unique_queue, "-n", node, "-E")
     py_queue = f"{unique_queue}-py"
-    argv = [str(CELERY), "-A", "tasks", "-b", REDIS_URL, "--result-backend", REDIS_URL, "worker",
+    argv = [str(CELERY), "-A", "tasks", "-b", broker_url, "--result-backend", REDIS_URL, "worker",
             "-P", "threads", "-c", "1", "-Q", py_queue, "-n", f"py-{uuid.uuid4().hex[:8]}@%h",
             "-l", "info"]
     env = worker_env({"PYTHONPATH": str(ROOT / "examples" / "python"), "PYTHONUNBUFFERED": "1"})

@@ -356,3 +356,56 @@ def test_a_python_worker_on_the_same_broker_keeps_working(start, unique_queue, n
         assert sign not in log, log[-6000:]
     assert f"missed heartbeat from {node}" not in log
     assert celeriac.process.poll() is None
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_get(url):
+    """(status, body) of a GET."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def metric(text, line_prefix):
+    """The value of the sample line starting with `line_prefix`, or 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(line_prefix + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_health_and_readiness(start, unique_queue, node, client):
+    port = free_port()
+    worker = start(unique_queue, "-n", node, "--metrics-addr", f"127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    assert http_get(f"{base}/healthz") == (200, "ok\n")
+    assert wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, "ready", worker)
+    assert http_get(f"{base}/nope")[0] == 404
+
+    succeeded = 'celeriac_tasks_total{name="tasks.add",state="SUCCESS"}'
+    failed = 'celeriac_tasks_total{name="tasks.fail",state="FAILURE"}'
+    before = http_get(f"{base}/metrics")[1]
+    for i in range(3):
+        assert client.send_task("tasks.add", (i, i)).get(timeout=TIMEOUT) == 2 * i
+    with pytest.raises(ValueError):
+        client.send_task("tasks.fail", ("x",)).get(timeout=TIMEOUT)
+    after = wait_until(
+        lambda: (lambda t: t if metric(t, failed) == metric(before, failed) + 1 else None)(
+            http_get(f"{base}/metrics")[1]),
+        "the failure counted", worker)
+    assert metric(after, succeeded) == metric(before, succeeded) + 3
+    assert metric(after, 'celeriac_task_runtime_seconds_count{name="tasks.add"}') == 3
+    assert metric(after, "celeriac_task_queue_wait_seconds_count") == 4
+    assert metric(after, "celeriac_tasks_in_flight") == 0
+    assert 'celeriac_component_info{component="tasks.wasm"' in after
+    assert after.endswith("# EOF\n")

@@ -56,6 +56,9 @@ pub struct WorkerArgs {
     /// Do not listen for remote control commands (celery inspect / control)
     #[arg(long)]
     pub without_remote_control: bool,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9808)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Seconds a warm shutdown waits for running tasks
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     pub shutdown_timeout: f64,
@@ -159,6 +162,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
             .flatten(),
         remote_control: !args.without_remote_control,
         broker_url: redact_password(&args.connection.broker),
+        metrics_addr: args.metrics_addr,
     };
 
     let restorer = spawn_restorer(Arc::clone(&broker));

@@ -8,20 +8,25 @@
 //! * [`pidbox`]: control requests: decoding, node matching, replies;
 //! * `commands`: each command and its reply; `terminate`: the hook that stops running
 //!   tasks;
+//! * `metrics` and `http`: Prometheus metrics, `/healthz` and `/readyz` on
+//!   `--metrics-addr`;
 //! * [`Control`]: the tasks that run beside the worker loop (never behind its task slots):
-//!   event publisher, heartbeat, pidbox consumer.
+//!   event publisher, heartbeat, pidbox consumer, metrics endpoint.
 
 mod commands;
 pub mod events;
+mod http;
 mod identity;
+mod metrics;
 mod monitor;
 pub mod pidbox;
 mod repr;
 mod state;
 mod terminate;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -51,6 +56,9 @@ const MAX_RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(10);
 /// heard (PUB/SUB is at most once), so the worker says it is ready only after.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
+/// How long `/readyz` waits for the result backend to answer.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long stopping waits for the queued events (worker-offline last) to go out.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -67,6 +75,8 @@ pub struct ControlConfig {
     pub remote_control: bool,
     /// The broker URL, password removed, for `stats.broker`. Default empty.
     pub broker_url: String,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`. Default: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for ControlConfig {
@@ -76,6 +86,7 @@ impl Default for ControlConfig {
             heartbeat: Some(DEFAULT_HEARTBEAT),
             remote_control: true,
             broker_url: String::new(),
+            metrics_addr: None,
         }
     }
 }
@@ -140,19 +151,26 @@ pub struct Control {
     publisher: JoinHandle<()>,
     heart: Option<JoinHandle<()>>,
     pidbox: Option<JoinHandle<()>>,
+    metrics: Option<JoinHandle<()>>,
     remote_shutdown: watch::Receiver<bool>,
     heartbeat_fields: Option<f64>,
 }
 
 impl Control {
     /// Starts the event publisher, the heartbeat (worker-online first) and the pidbox
-    /// consumer, as the settings ask, and waits (briefly) until the pidbox is subscribed.
-    /// `queued` is the receiving end of the monitor's event queue `events`.
+    /// consumer and the metrics endpoint, as the settings ask, and waits (briefly) until
+    /// the pidbox is subscribed. `queued` is the receiving end of the monitor's event
+    /// queue `events`. Fails only when the metrics address cannot be bound.
     pub async fn start<B: Broker, R: ResultBackend + 'static>(
         ctx: Arc<ControlContext<B, R>>,
         events: EventQueue,
         queued: mpsc::UnboundedReceiver<events::Queued>,
-    ) -> Control {
+    ) -> std::io::Result<Control> {
+        ctx.monitor.metrics.components_loaded(&ctx.registry);
+        let metrics = match ctx.settings.metrics_addr {
+            Some(addr) => Some(http::serve(addr, Arc::clone(&ctx)).await?),
+            None => None,
+        };
         let publisher = {
             let ctx = Arc::clone(&ctx);
             tokio::spawn(async move {
@@ -172,15 +190,16 @@ impl Control {
         if pidbox.is_some() {
             let _ = tokio::time::timeout(SUBSCRIBE_WAIT, first_attempt).await;
         }
-        Control {
+        Ok(Control {
             monitor: Arc::clone(&ctx.monitor),
             events,
             publisher,
             heart,
             pidbox,
+            metrics,
             remote_shutdown: ctx.remote_shutdown.subscribe(),
             heartbeat_fields: freq,
-        }
+        })
     }
 
     /// Resolves when a `shutdown` command arrived (never, without remote control).
@@ -199,6 +218,9 @@ impl Control {
         }
         if let Some(heart) = self.heart {
             heart.abort();
+        }
+        if let Some(metrics) = self.metrics {
+            metrics.abort();
         }
         if let Some(freq) = self.heartbeat_fields {
             self.monitor
@@ -253,9 +275,11 @@ async fn consume_pidbox<B: Broker, R: ResultBackend + 'static>(
         match subscription {
             Ok(mut subscription) => {
                 backoff = Duration::from_millis(100);
+                ctx.monitor.broker_connected.store(true, Ordering::Relaxed);
                 while let Some(delivery) = subscription.next().await {
                     handle_request(&ctx, &delivery).await;
                 }
+                ctx.monitor.broker_connected.store(false, Ordering::Relaxed);
                 tracing::warn!("pidbox: subscription lost; subscribing again");
             }
             Err(BrokerError::Unsupported { transport, .. }) => {
@@ -273,6 +297,35 @@ async fn consume_pidbox<B: Broker, R: ResultBackend + 'static>(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_RESUBSCRIBE_BACKOFF);
+    }
+}
+
+impl<B: Broker, R: ResultBackend + 'static> http::Endpoints for ControlContext<B, R> {
+    fn metrics(&self) -> String {
+        let tasks = &self.monitor.tasks;
+        let active = tasks.active_count();
+        let held = tasks.select(|_| true).len();
+        self.monitor
+            .metrics
+            .render(active, held.saturating_sub(active))
+    }
+
+    /// Ready when the pidbox's broker connection is up (when remote control runs) and the
+    /// result backend answers a read.
+    async fn ready(&self) -> Result<(), String> {
+        if self.settings.remote_control && !self.monitor.broker_connected.load(Ordering::Relaxed) {
+            return Err("broker: not connected".to_owned());
+        }
+        match tokio::time::timeout(
+            READY_PROBE_TIMEOUT,
+            self.backend.get("celeriac-readyz-probe"),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(format!("result backend: {err}")),
+            Err(_) => Err("result backend: no answer in time".to_owned()),
+        }
     }
 }
 

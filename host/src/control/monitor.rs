@@ -3,6 +3,7 @@
 //! the task events (§2.4) while task events are on.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -13,6 +14,7 @@ use crate::worker::CeleryException;
 
 use super::events::{EventQueue, Sender, TaskEventSwitch, now_seconds};
 use super::identity;
+use super::metrics::Metrics;
 use super::repr::{exception_repr, result_repr};
 use super::state::{LimitOverrides, Phase, TaskRecord, Tasks};
 
@@ -31,6 +33,10 @@ pub struct Monitor {
     pub overrides: LimitOverrides,
     /// When the worker started, for `stats.uptime`.
     pub started: Instant,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Whether the pidbox subscription (a broker connection of its own) is up.
+    pub broker_connected: AtomicBool,
 }
 
 impl Monitor {
@@ -49,6 +55,8 @@ impl Monitor {
             tasks: Tasks::default(),
             overrides: LimitOverrides::default(),
             started: Instant::now(),
+            metrics: Metrics::default(),
+            broker_connected: AtomicBool::new(false),
         }
     }
 
@@ -137,11 +145,18 @@ impl Monitor {
             monitor: Arc::clone(self),
             key,
             task_id: message.id.clone(),
+            received: Instant::now(),
         }
     }
 
+    /// One run of a task of `name` in the sandbox ended (whatever its outcome).
+    pub fn task_ran(&self, name: &str, runtime: Duration, peak_memory_bytes: usize) {
+        self.metrics.task_ran(name, runtime, peak_memory_bytes);
+    }
+
     /// task-revoked: discarded because revoked, expired or terminated.
-    pub fn task_revoked(&self, task_id: &str, expired: bool, terminated: Option<i32>) {
+    pub fn task_revoked(&self, task_id: &str, name: &str, expired: bool, terminated: Option<i32>) {
+        self.metrics.task_ended(name, "REVOKED");
         let mut fields = Map::new();
         fields.insert("terminated".into(), Value::from(terminated.is_some()));
         fields.insert("signum".into(), json!(terminated));
@@ -150,7 +165,8 @@ impl Monitor {
     }
 
     /// task-succeeded with the result's repr and the run time.
-    pub fn task_succeeded(&self, task_id: &str, result_json: &str, runtime: Duration) {
+    pub fn task_succeeded(&self, task_id: &str, name: &str, result_json: &str, runtime: Duration) {
+        self.metrics.task_ended(name, "SUCCESS");
         let mut fields = Map::new();
         fields.insert("result".into(), Value::from(result_repr(result_json)));
         fields.insert("runtime".into(), Value::from(runtime.as_secs_f64()));
@@ -158,13 +174,21 @@ impl Monitor {
     }
 
     /// task-failed with the exception's repr and traceback.
-    pub fn task_failed(&self, task_id: &str, exception: &CeleryException) {
+    pub fn task_failed(&self, task_id: &str, name: &str, exception: &CeleryException) {
+        self.metrics.task_ended(name, "FAILURE");
         self.send_task_event("task-failed", task_id, exception_fields(exception));
     }
 
     /// task-retried with the original exception (when the task gave one), its traceback
     /// ending as Celery's does: `celery.exceptions.Retry: Retry in <when>: <exc repr>`.
-    pub fn task_retried(&self, task_id: &str, exception: Option<&CeleryException>, when: &str) {
+    pub fn task_retried(
+        &self,
+        task_id: &str,
+        name: &str,
+        exception: Option<&CeleryException>,
+        when: &str,
+    ) {
+        self.metrics.task_ended(name, "RETRY");
         let (repr, mut traceback) = match exception {
             Some(exception) => (
                 exception_repr(&exception.exc_type, &exception.exc_message),
@@ -185,6 +209,7 @@ impl Monitor {
 
     /// task-failed for a task name nobody serves: only `exception`, as Celery sends it.
     pub fn task_unregistered(&self, task_id: &str, task_name: &str) {
+        self.metrics.task_ended(task_name, "FAILURE");
         let mut fields = Map::new();
         fields.insert(
             "exception".into(),
@@ -194,7 +219,8 @@ impl Monitor {
     }
 
     /// task-rejected: an un-acked message was rejected.
-    pub fn task_rejected(&self, task_id: &str, requeue: bool) {
+    pub fn task_rejected(&self, task_id: &str, name: &str, requeue: bool) {
+        self.metrics.task_ended(name, "REJECTED");
         let mut fields = Map::new();
         fields.insert("requeue".into(), Value::from(requeue));
         self.send_task_event("task-rejected", task_id, fields);
@@ -238,6 +264,7 @@ pub struct TrackedTask {
     monitor: Arc<Monitor>,
     key: u64,
     task_id: String,
+    received: Instant,
 }
 
 impl TrackedTask {
@@ -251,6 +278,7 @@ impl TrackedTask {
     /// It got a slot and starts now: counted, shown as active, task-started sent.
     pub fn started(&self) {
         self.monitor.tasks.start(self.key, now_seconds());
+        self.monitor.metrics.task_waited(self.received.elapsed());
         self.monitor
             .send_task_event("task-started", &self.task_id, Map::new());
     }

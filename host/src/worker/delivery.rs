@@ -95,7 +95,9 @@ pub async fn handle<B: Broker, R: ResultBackend + 'static>(
     };
     if acks_late {
         if let Settle::Reject { requeue } = settle {
-            worker.monitor.task_rejected(&message.id, requeue);
+            worker
+                .monitor
+                .task_rejected(&message.id, &message.task, requeue);
         }
         finish(consumer, &delivery, settle).await;
     } else if settle == (Settle::Reject { requeue: true }) {
@@ -178,7 +180,9 @@ async fn discard_if_revoked<B: Broker, R: ResultBackend>(
         return false;
     }
     tracing::info!("Discarding revoked task: {}[{}]", message.task, message.id);
-    worker.monitor.task_revoked(&message.id, expired, None);
+    worker
+        .monitor
+        .task_revoked(&message.id, &message.task, expired, None);
     if !ignore_result {
         let reason = [Value::from(if expired { "expired" } else { "revoked" })];
         let meta = TaskMeta::revoked(

@@ -120,6 +120,9 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
 
         let stored = match report {
             Ok(report) => {
+                self.worker
+                    .monitor
+                    .task_ran(&message.task, elapsed, report.peak_memory_bytes);
                 self.report(super::task_state(&report.outcome), elapsed)
                     .await
             }
@@ -170,7 +173,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                 );
                 self.worker
                     .monitor
-                    .task_succeeded(&message.id, &result, elapsed);
+                    .task_succeeded(&message.id, &message.task, &result, elapsed);
                 if !self.ignore_result {
                     match TaskMeta::success(&message.id, &result) {
                         Ok(meta) => self.store(meta).await?,
@@ -219,9 +222,12 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                     message.id
                 );
                 let original = retry.exc.as_ref().map(CeleryException::from_guest);
-                self.worker
-                    .monitor
-                    .task_retried(&message.id, original.as_ref(), &eta.to_string());
+                self.worker.monitor.task_retried(
+                    &message.id,
+                    &message.task,
+                    original.as_ref(),
+                    &eta.to_string(),
+                );
                 if !self.ignore_result {
                     let meta = match &retry.exc {
                         Some(exc) => {
@@ -286,7 +292,9 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
             exception.exc_type,
             python_args(&exception.exc_message)
         );
-        self.worker.monitor.task_failed(&self.message.id, exception);
+        self.worker
+            .monitor
+            .task_failed(&self.message.id, &self.message.task, exception);
         if self.ignore_result {
             return Ok(());
         }

@@ -100,7 +100,13 @@ where
         events,
         queued,
     )
-    .await;
+    .await
+    .map_err(|err| {
+        WorkerError::Config(format!(
+            "cannot serve metrics on {:?}: {err}",
+            worker.config.control.metrics_addr
+        ))
+    })?;
     tracing::info!("{} ready.", worker.config.nodename);
 
     let mut tasks = JoinSet::new();

@@ -409,3 +409,51 @@ def test_metrics_health_and_readiness(start, unique_queue, node, client):
     assert metric(after, "celeriac_tasks_in_flight") == 0
     assert 'celeriac_component_info{component="tasks.wasm"' in after
     assert after.endswith("# EOF\n")
+
+
+def test_flower_lists_the_worker_online_and_shows_its_task(start_celeriac_worker, unique_queue, node,
+                                                           make_client):
+    """Flower (on Redis), started headless, builds its worker list from events and its
+    worker page from inspect replies; a worker started without -E gets task events turned
+    on by Flower's periodic enable_events."""
+    broker_url = REDIS_URL
+    client = make_client(task_default_queue=unique_queue)
+    port = free_port()
+    env = worker_env({"FLOWER_UNAUTHENTICATED_API": "true", "PYTHONUNBUFFERED": "1"})
+    python = ROOT / "target" / "interop-venv" / "bin" / "python"
+    flower = WorkerProcess("flower", [str(python), "-m", "celery", "-b", broker_url,
+                                      "--result-backend", REDIS_URL, "flower",
+                                      "--address=127.0.0.1", f"--port={port}"], env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _get_json(f"{base}/api/workers?status=true") is not None, "Flower up", flower)
+        worker = start_celeriac_worker(unique_queue, "-n", node)
+        wait_until(lambda: (_get_json(f"{base}/api/workers?status=true") or {}).get(node) is True,
+                   "Flower lists the worker online", flower)
+        info = _get_json(f"{base}/api/workers?refresh=1&workername={node}")[node]
+        assert info["stats"]["total"] == {} and "broker" in info["stats"]
+        assert any(q["name"] == unique_queue for q in info["active_queues"])
+        # Flower turns task events on within 5 s; wait for the worker to say so.
+        wait_until(lambda: "Events of group {task} enabled by remote." in worker.output(),
+                   "enable_events from Flower", worker)
+        result = client.send_task("tasks.add", (20, 22))
+        assert result.get(timeout=TIMEOUT) == 42
+        wait_until(
+            lambda: (_get_json(f"{base}/api/tasks?workername={node}") or {}).get(result.id),
+            "Flower shows the task", flower)
+        wait_until(lambda: _get_json(f"{base}/api/tasks?workername={node}")[result.id]["state"] == "SUCCESS",
+                   "the task SUCCESS in Flower", flower)
+        task = _get_json(f"{base}/api/tasks?workername={node}")[result.id]
+        assert task["name"] == "tasks.add" and task["result"] == "42"
+    finally:
+        flower.stop()
+
+
+def _get_json(url):
+    import json
+
+    try:
+        status, body = http_get(url)
+    except OSError:
+        return None
+    return json.loads(body) if status == 200 else None

@@ -20,8 +20,8 @@ use crate::backend::{
     ResultBackend, RpcBackend, StoreOutcome, TaskMeta,
 };
 use crate::broker::{
-    AmqpBroker, AmqpOptions, Broker, BrokerError, Capabilities, Delivery, Outgoing, RedisBroker,
-    RedisOptions,
+    AmqpBroker, AmqpOptions, BroadcastExchange, BroadcastQueue, Broker, BrokerError, Capabilities,
+    Delivery, Outgoing, RedisBroker, RedisOptions, Subscription,
 };
 use crate::url::redact_password;
 
@@ -251,6 +251,22 @@ impl Broker for AnyBroker {
         message: &Outgoing,
     ) -> Result<(), BrokerError> {
         each_broker!(self, broker => broker.publish(exchange, routing_key, message).await)
+    }
+
+    async fn publish_broadcast(
+        &self,
+        exchange: &BroadcastExchange,
+        routing_key: &str,
+        message: &Outgoing,
+    ) -> Result<(), BrokerError> {
+        each_broker!(self, broker => broker.publish_broadcast(exchange, routing_key, message).await)
+    }
+
+    async fn subscribe_broadcast(
+        &self,
+        queue: &BroadcastQueue,
+    ) -> Result<Subscription, BrokerError> {
+        each_broker!(self, broker => broker.subscribe_broadcast(queue).await)
     }
 }
 

@@ -19,6 +19,8 @@
 //!   caches compiled artifacts on disk.
 //! * [`worker`]: turns outcomes into Celery states and exceptions, and (with the broker
 //!   issues) runs the consumer loop.
+//! * [`control`]: beside the worker: monitoring events, heartbeats and remote control
+//!   (pidbox); the worker reports its tasks into control's `Monitor`.
 //!
 //! The `celeriac` binary (`src/main.rs`, `src/cli/`) is the command line on top.
 #![deny(missing_docs)]
@@ -26,6 +28,7 @@
 pub mod backend;
 pub mod broker;
 pub mod connect;
+pub mod control;
 pub mod protocol;
 pub mod redis_url;
 pub mod registry;

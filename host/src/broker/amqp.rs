@@ -7,7 +7,8 @@
 //!
 //! * Type: native (AMQP 0-9-1; tested with RabbitMQ 3.10)
 //! * Supports direct: yes (the default exchange `""`, and named exchanges that exist)
-//! * Supports topic, fanout: not yet (no broadcast)
+//! * Supports topic, fanout: for broadcast only ([`broadcast`]): events on `celeryev`,
+//!   remote control on `celery.pidbox` with a subscription connection of its own
 //! * Supports priority: yes, **higher first**, on queues declared with `x-max-priority`
 //!   ([`AmqpOptions::queue_max_priority`], Celery's `task_queue_max_priority`)
 //! * Supports TTL: yes, `expiration` is set from a task's `expires` (RabbitMQ drops it then)
@@ -54,6 +55,7 @@
 //!   republished and acked before then (see `worker::delivery`), so RabbitMQ never closes
 //!   the channel over it (Celery #6760)
 
+mod broadcast;
 mod fields;
 mod link;
 mod replies;
@@ -73,7 +75,10 @@ use tokio::sync::Notify;
 
 use crate::url::redact_password;
 
-use super::{Broker, BrokerError, Capabilities, Delivery, Outgoing, PriorityOrder};
+use super::{
+    BroadcastExchange, BroadcastQueue, Broker, BrokerError, Capabilities, Delivery, Outgoing,
+    PriorityOrder, Subscription,
+};
 
 use self::link::Link;
 use self::replies::ReplyRoutes;
@@ -434,7 +439,7 @@ impl Broker for AmqpBroker {
         Capabilities {
             transport: TRANSPORT,
             priority: PriorityOrder::HigherFirst,
-            fanout: false,
+            fanout: true,
             visibility_timeout: None,
             delayed_delivery: false,
             unacked_limit: self.options.consumer_timeout,
@@ -492,6 +497,27 @@ impl Broker for AmqpBroker {
         self.link
             .publish(exchange, routing_key, declare, &message.body, properties)
             .await
+    }
+
+    async fn publish_broadcast(
+        &self,
+        exchange: &BroadcastExchange,
+        routing_key: &str,
+        message: &Outgoing,
+    ) -> Result<(), BrokerError> {
+        let properties = fields::properties(message, fields::TRANSIENT)?;
+        self.link.declare_exchange(exchange).await?;
+        self.link
+            .publish(&exchange.name, routing_key, None, &message.body, properties)
+            .await
+    }
+
+    async fn subscribe_broadcast(
+        &self,
+        queue: &BroadcastQueue,
+    ) -> Result<Subscription, BrokerError> {
+        let name = format!("{} control", self.options.connection_name);
+        broadcast::subscribe(&self.uri, &self.url, &name, queue).await
     }
 }
 

@@ -11,6 +11,7 @@
 //! * [`amqp`]: RabbitMQ (AMQP 0-9-1) through lapin, declaring what Celery declares.
 
 pub mod amqp;
+pub mod broadcast;
 pub mod redis;
 
 use std::collections::HashSet;
@@ -25,6 +26,7 @@ use tokio::task::JoinHandle;
 use crate::protocol::{EncodedMessage, RawMessage, Timestamp};
 
 pub use self::amqp::{AmqpBroker, AmqpOptions};
+pub use self::broadcast::{BroadcastExchange, BroadcastQueue, ExchangeKind, Subscription};
 pub use self::redis::{RedisBroker, RedisOptions};
 
 /// What went wrong talking to a broker.
@@ -374,6 +376,41 @@ pub trait Broker: Send + Sync + 'static {
         routing_key: &str,
         message: &Outgoing,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Publishes a transient message to a broadcast exchange (events, see [`broadcast`]);
+    /// it reaches whoever listens now. Transports without broadcast refuse
+    /// ([`BrokerError::Unsupported`], the default).
+    fn publish_broadcast(
+        &self,
+        exchange: &BroadcastExchange,
+        routing_key: &str,
+        message: &Outgoing,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = (exchange, routing_key, message);
+        let transport = self.capabilities().transport;
+        async move {
+            Err(BrokerError::Unsupported {
+                op: "broadcast publish",
+                transport,
+            })
+        }
+    }
+
+    /// Starts hearing a broadcast exchange through `queue` (remote control, see
+    /// [`broadcast`]). Transports without broadcast refuse (the default).
+    fn subscribe_broadcast(
+        &self,
+        queue: &BroadcastQueue,
+    ) -> impl Future<Output = Result<Subscription, BrokerError>> + Send {
+        let _ = queue;
+        let transport = self.capabilities().transport;
+        async move {
+            Err(BrokerError::Unsupported {
+                op: "broadcast subscribe",
+                transport,
+            })
+        }
+    }
 }
 
 /// The most messages one fetch asks for: enough to amortise a round trip over many tasks,
@@ -571,6 +608,35 @@ impl<B: Broker> Consumer<B> {
         given
     }
 
+    /// The queues consumed now.
+    pub fn queues(&self) -> Vec<String> {
+        self.fan_in_order()
+    }
+
+    /// Starts consuming `queue` from the next fetch on; false if it already was.
+    pub fn add_queue(&self, queue: &str) -> bool {
+        let mut queues = self.lock_queues();
+        if queues.iter().any(|q| q == queue) {
+            return false;
+        }
+        queues.push(queue.to_owned());
+        true
+    }
+
+    /// Stops consuming `queue` from the next fetch on; false if it was not consumed.
+    pub fn remove_queue(&self, queue: &str) -> bool {
+        let mut queues = self.lock_queues();
+        let before = queues.len();
+        queues.retain(|q| q != queue);
+        queues.len() != before
+    }
+
+    fn lock_queues(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Delivery tags handed out and not yet acked or rejected.
     pub fn in_flight(&self) -> Vec<String> {
         self.lock_in_flight().tags.iter().cloned().collect()
@@ -627,18 +693,12 @@ impl<B: Broker> Consumer<B> {
     }
 
     fn fan_in_order(&self) -> Vec<String> {
-        self.queues
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.lock_queues().clone()
     }
 
     /// Moves `queue` to the end, so the others are tried first next time.
     fn rotate_after(&self, queue: &str) {
-        let mut queues = self
-            .queues
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut queues = self.lock_queues();
         if let Some(index) = queues.iter().position(|q| q == queue) {
             let q = queues.remove(index);
             queues.push(q);

@@ -9,7 +9,8 @@
 //! * Supports direct: yes (default exchange `""`, and named exchanges through
 //!   `_kombu.binding.<exchange>`)
 //! * Supports topic: no (not yet)
-//! * Supports fanout: no (PUB/SUB not yet)
+//! * Supports fanout: yes, PUB/SUB on `/<db>.<exchange>[/<routing key>]` ([`fanout`]):
+//!   events and remote control
 //! * Supports priority: yes, 0 is the **highest** (`[0, 3, 6, 9]` sub-lists)
 //! * Supports TTL: no
 //! * Ack emulation: yes (`unacked` hash + `unacked_index` zset, restored after the
@@ -40,6 +41,7 @@
 //! shared, multiplexed connection.
 
 mod acks;
+mod fanout;
 mod journal;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -57,7 +59,8 @@ use crate::redis_url;
 use crate::url::redact_password;
 
 use super::{
-    Broker, BrokerError, Capabilities, Delivery, DeliveryInfo, Outgoing, PriorityOrder, Properties,
+    BroadcastExchange, BroadcastQueue, Broker, BrokerError, Capabilities, Delivery, DeliveryInfo,
+    Outgoing, PriorityOrder, Properties, Subscription,
 };
 
 const TRANSPORT: &str = "redis";
@@ -175,6 +178,8 @@ pub struct RedisBroker {
     acks: AckBatcher,
     /// Which fetches' tags must go back because their reply was lost.
     journal: FetchJournal,
+    /// The database number, which names the PUB/SUB channels ([`fanout`]).
+    db: i64,
 }
 
 impl RedisBroker {
@@ -205,7 +210,9 @@ impl RedisBroker {
             format!("{prefix}unacked_index"),
             format!("{prefix}unacked"),
         );
+        let db = client.get_connection_info().redis_settings().db();
         Ok(RedisBroker {
+            db,
             options,
             client,
             manager,
@@ -562,7 +569,7 @@ impl Broker for RedisBroker {
         Capabilities {
             transport: TRANSPORT,
             priority: PriorityOrder::LowerFirst,
-            fanout: false,
+            fanout: true,
             visibility_timeout: Some(self.options.visibility_timeout),
             delayed_delivery: false,
             unacked_limit: None,
@@ -651,7 +658,7 @@ impl Broker for RedisBroker {
         message: &Outgoing,
     ) -> Result<(), BrokerError> {
         let priority = message.priority.map_or(0, |p| p.min(9));
-        let envelope = build_envelope(exchange, routing_key, message, priority);
+        let envelope = build_envelope(exchange, routing_key, message, priority, PERSISTENT);
         let queues = self.route(exchange, routing_key).await?;
         if queues.is_empty() {
             tracing::warn!(
@@ -672,7 +679,47 @@ impl Broker for RedisBroker {
             .await
             .map_err(redis_error("publish", routing_key))
     }
+
+    async fn publish_broadcast(
+        &self,
+        exchange: &BroadcastExchange,
+        routing_key: &str,
+        message: &Outgoing,
+    ) -> Result<(), BrokerError> {
+        let priority = message.priority.map_or(0, |p| p.min(9));
+        let envelope = build_envelope(&exchange.name, routing_key, message, priority, TRANSIENT);
+        let channel = fanout::publish_channel(
+            &self.options.global_keyprefix,
+            self.db,
+            &exchange.name,
+            routing_key,
+        );
+        redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&envelope)
+            .exec_async(&mut self.manager.clone())
+            .await
+            .map_err(redis_error("PUBLISH", &channel))
+    }
+
+    async fn subscribe_broadcast(
+        &self,
+        queue: &BroadcastQueue,
+    ) -> Result<Subscription, BrokerError> {
+        let pattern = fanout::subscribe_pattern(
+            &self.options.global_keyprefix,
+            self.db,
+            &queue.exchange.name,
+            &queue.binding_key,
+        );
+        fanout::subscribe(&self.client, pattern, queue).await
+    }
 }
+
+/// kombu's `delivery_mode` for task messages.
+const PERSISTENT: u8 = 2;
+/// kombu's `delivery_mode` for events and pidbox messages.
+const TRANSIENT: u8 = 1;
 
 /// Which end of a list a restored message goes to.
 #[derive(Clone, Copy)]
@@ -746,7 +793,13 @@ fn set_flag(fields: &mut Map<String, Value>, path: &[&str], name: &str) {
 }
 
 /// The kombu envelope (spec §3.2) for `message`.
-fn build_envelope(exchange: &str, routing_key: &str, message: &Outgoing, priority: u8) -> String {
+fn build_envelope(
+    exchange: &str,
+    routing_key: &str,
+    message: &Outgoing,
+    priority: u8,
+    delivery_mode: u8,
+) -> String {
     let mut properties = Map::new();
     if let Some(id) = &message.correlation_id {
         properties.insert("correlation_id".into(), Value::from(id.as_str()));
@@ -754,7 +807,7 @@ fn build_envelope(exchange: &str, routing_key: &str, message: &Outgoing, priorit
     if let Some(reply_to) = &message.reply_to {
         properties.insert("reply_to".into(), Value::from(reply_to.as_str()));
     }
-    properties.insert("delivery_mode".into(), Value::from(2));
+    properties.insert("delivery_mode".into(), Value::from(delivery_mode));
     properties.insert(
         "delivery_info".into(),
         json!({"exchange": exchange, "routing_key": routing_key}),

@@ -54,6 +54,11 @@ pub enum Command {
 pub fn run_async(command: impl std::future::Future<Output = anyhow::Result<i32>>) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // A running guest yields every epoch tick (5 ms), so each scheduler tick can take
+        // that long; polled for I/O only every 61 ticks (tokio's default), a worker whose
+        // slots all run guests would hear a control request and send its reply only after
+        // seconds. Every 4 ticks keeps that within tens of milliseconds.
+        .event_interval(4)
         .build()
     {
         Ok(runtime) => runtime,

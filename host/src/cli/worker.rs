@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use celeriac::broker::RedisOptions;
 use celeriac::connect::{AnyBroker, BrokerOptions};
+use celeriac::control::ControlConfig;
 use celeriac::registry::Registry;
 use celeriac::sandbox::{EngineOptions, Sandbox, SandboxLimits};
 use celeriac::url::redact_password;
@@ -47,6 +48,21 @@ pub struct WorkerArgs {
     /// a later ETA is republished before it [default: 1800, RabbitMQ's]
     #[arg(long, value_name = "SECONDS")]
     pub broker_consumer_timeout: Option<u64>,
+    /// Send task events (task-received, task-started, ...) for monitors such as Flower
+    #[arg(short = 'E', long = "task-events", visible_alias = "events")]
+    pub task_events: bool,
+    /// Seconds between worker heartbeat events
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub heartbeat_interval: f64,
+    /// Send no worker events (online, heartbeat, offline)
+    #[arg(long)]
+    pub without_heartbeat: bool,
+    /// Do not listen for remote control commands (celery inspect / control)
+    #[arg(long)]
+    pub without_remote_control: bool,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9808)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Seconds a warm shutdown waits for running tasks
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     pub shutdown_timeout: f64,
@@ -191,10 +207,18 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     config.shutdown_timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
     config.drain_timeout = broker.polling_interval() + Duration::from_secs(1);
     config.default_queue = args.default_queue;
+    config.control = ControlConfig {
+        task_events: args.task_events,
+        heartbeat: (!args.without_heartbeat)
+            .then(|| positive(Some(args.heartbeat_interval)))
+            .flatten(),
+        remote_control: !args.without_remote_control,
+        broker_url: redact_password(&args.connection.broker),
+        metrics_addr: args.metrics_addr,
+    };
 
     let restorer = spawn_restorer(Arc::clone(&broker));
 
-    tracing::info!("{nodename} ready.");
     let signals = count_signals();
     let mut first = signals.clone();
     let shutdown = async move {

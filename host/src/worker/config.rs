@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::control::ControlConfig;
 use crate::sandbox::SandboxLimits;
 
 /// How the worker loop runs.
@@ -29,6 +30,8 @@ pub struct WorkerConfig {
     /// Celery's `task_default_queue`: where callbacks, chain steps and errbacks without
     /// routing options go.
     pub default_queue: String,
+    /// Events and remote control.
+    pub control: ControlConfig,
 }
 
 impl WorkerConfig {
@@ -46,6 +49,7 @@ impl WorkerConfig {
             shutdown_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(2),
             default_queue: crate::protocol::signature::DEFAULT_QUEUE.to_owned(),
+            control: ControlConfig::default(),
         }
     }
 

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::backend::{ExceptionInfo, ResultBackend, TaskMeta};
 use crate::broker::{Broker, Consumer, Delivery, Outgoing};
+use crate::control::TrackedTask;
 use crate::protocol::{self, Disposition, TaskMessage};
 use crate::registry::TaskTable;
 
@@ -69,8 +70,9 @@ async fn handle_resolving_in<B: Broker, R: ResultBackend + 'static>(
     if discard_if_revoked(&worker, &delivery, &message, ignore_result).await {
         return;
     }
+    let tracked = worker.monitor.task_received(&message, &delivery);
 
-    let due = wait_until_due(&worker, &message, options.rate_limit.as_deref());
+    let due = wait_until_due(&worker, &message, options.rate_limit.as_deref(), &tracked);
     let _slot = match keeping_visible(consumer, &delivery, due).await {
         Due::Run(slot) => slot,
         Due::Stopping => {
@@ -93,7 +95,9 @@ async fn handle_resolving_in<B: Broker, R: ResultBackend + 'static>(
     let acks_late = worker.config.acks_late || options.acks_late == Some(true);
     if !acks_late {
         finish(consumer, &delivery, Settle::Ack).await;
+        tracked.acknowledged();
     }
+    tracked.started();
     let run = TaskRun {
         worker: &worker,
         message: &message,
@@ -114,6 +118,11 @@ async fn handle_resolving_in<B: Broker, R: ResultBackend + 'static>(
     };
     drop(running);
     if acks_late {
+        if let Settle::Reject { requeue } = settle {
+            worker
+                .monitor
+                .task_rejected(&message.id, &message.task, requeue);
+        }
         finish(consumer, &delivery, settle).await;
     } else if settle == (Settle::Reject { requeue: true }) {
         tracing::warn!(
@@ -143,6 +152,7 @@ async fn wait_until_due<B: Broker, R: ResultBackend>(
     worker: &WorkerContext<B, R>,
     message: &TaskMessage,
     rate_limit: Option<&str>,
+    tracked: &TrackedTask,
 ) -> Due {
     let mut stopping = worker.stopping.clone();
     let hold_limit = worker
@@ -168,6 +178,7 @@ async fn wait_until_due<B: Broker, R: ResultBackend>(
         if let Some(bucket) = worker.rate_limits.bucket(&message.task, rate_limit) {
             bucket.take().await;
         }
+        tracked.due();
         match Arc::clone(&worker.slots).acquire_owned().await {
             Ok(slot) => Due::Run(slot),
             Err(_) => Due::Stopping,
@@ -262,6 +273,9 @@ async fn discard_if_revoked<B: Broker, R: ResultBackend>(
         return false;
     }
     tracing::info!("Discarding revoked task: {}[{}]", message.task, message.id);
+    worker
+        .monitor
+        .task_revoked(&message.id, &message.task, expired, None);
     if !ignore_result {
         let reason = [Value::from(if expired { "expired" } else { "revoked" })];
         let meta = TaskMeta::revoked(
@@ -293,6 +307,7 @@ async fn reject_unregistered<B: Broker, R: ResultBackend>(
         message.id
     );
     let args = [Value::from(message.task.clone())];
+    worker.monitor.task_unregistered(&message.id, &message.task);
     let meta = TaskMeta::failure(
         &message.id,
         ExceptionInfo {

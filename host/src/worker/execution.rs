@@ -118,10 +118,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
             },
             self.worker.config.result_extended.then(|| self.extended()),
         );
-        let header = HeaderTimeLimits {
-            hard: message.timelimit.hard,
-            soft: message.timelimit.soft,
-        };
+        let header = self.header_time_limits();
         let limits = resolve_limits(&self.worker.config.limits, self.options, header);
         let invocation = Invocation {
             request: self.request(),
@@ -139,6 +136,11 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
         let elapsed = started.elapsed();
         updates.finish().await;
 
+        if let Ok(report) = &report {
+            self.worker
+                .monitor
+                .task_ran(&message.task, elapsed, report.peak_memory_bytes);
+        }
         let stored = match report.map(|report| report.outcome) {
             Ok(Outcome::Aborted(Abort::TimeLimit(limit))) => {
                 let given = limit_as_given(header.hard, self.options.time_limit, limit);
@@ -201,6 +203,14 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
     /// A revoke with terminate ended the task: REVOKED ("terminated"), message acked, as
     /// Celery's `Request.terminate` announces it.
     async fn terminated(&self) -> Result<Settle, BackendError> {
+        // Every signal stops a guest the same way; Celery's default is SIGTERM.
+        const SIGTERM: i32 = 15;
+        self.worker.monitor.task_revoked(
+            &self.message.id,
+            &self.message.task,
+            false,
+            Some(SIGTERM),
+        );
         if !self.ignore_result {
             let exception = CeleryException::task_revoked("terminated");
             let meta = TaskMeta::revoked(
@@ -214,6 +224,16 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
             self.store(meta).await?;
         }
         Ok(Settle::Ack)
+    }
+
+    /// The message's time limits; when it has none, those set by remote `time_limit`.
+    fn header_time_limits(&self) -> HeaderTimeLimits {
+        let message = self.message;
+        let remote = self.worker.monitor.overrides.time(&message.task);
+        match (message.timelimit.soft, message.timelimit.hard, remote) {
+            (None, None, Some((soft, hard))) => HeaderTimeLimits { hard, soft },
+            (soft, hard, _) => HeaderTimeLimits { hard, soft },
+        }
     }
 
     /// Logs and stores the state the task ended in.
@@ -242,6 +262,9 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                     elapsed.as_secs_f64(),
                     truncate(&result, MAX_LOGGED_RESULT)
                 );
+                self.worker
+                    .monitor
+                    .task_succeeded(&message.id, &message.task, &result, elapsed);
                 if !self.ignore_result {
                     match TaskMeta::success(&message.id, &result) {
                         Ok(meta) => self.store(meta.with_children(&children)).await?,
@@ -313,6 +336,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
             return Ok(Settle::Ack);
         }
         let eta = retry_eta(retry, self.options, super::clock::now_micros());
+        let eta_text = eta.to_string();
         let outgoing = retry_message(message, eta, &self.worker.config.nodename);
         let exchange = &self.delivery.properties.delivery_info.exchange;
         let published = self
@@ -334,6 +358,9 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
             None => format!("Retry {}", retry_when(retry, self.options)),
         };
         tracing::info!("Task {}[{}] retry: {reason}", message.task, message.id);
+        self.worker
+            .monitor
+            .task_retried(&message.id, &message.task, exc.as_ref(), &eta_text);
         if !self.ignore_result {
             let meta = match &exc {
                 Some(exc) => TaskMeta::retry(
@@ -369,6 +396,9 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
     /// Stores FAILURE with `exception` unless results are ignored, then carries out what
     /// the failure means for the canvas (chain steps, errbacks, chord).
     async fn write_failure(&self, exception: &CeleryException) -> Result<(), BackendError> {
+        self.worker
+            .monitor
+            .task_failed(&self.message.id, &self.message.task, exception);
         let store_errors = !self.ignore_result;
         if store_errors {
             let meta = TaskMeta::failure(

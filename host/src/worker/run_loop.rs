@@ -5,11 +5,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::AtomicUsize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::backend::ResultBackend;
 use crate::broker::{Broker, Consumer};
+use crate::control::{Control, ControlContext, EventQueue, Monitor};
 use crate::registry::Registry;
 use crate::sandbox::Sandbox;
 
@@ -44,6 +46,8 @@ pub struct WorkerContext<B: Broker, R: ResultBackend> {
     pub rate_limits: Arc<RateLimits>,
     /// Turns true when the worker begins to stop.
     pub stopping: watch::Receiver<bool>,
+    /// What the worker reports its tasks into (events, inspect).
+    pub monitor: Arc<Monitor>,
 }
 
 /// Consumes `config.queues` until `shutdown` resolves, then shuts down warmly: stops
@@ -61,19 +65,19 @@ where
     B: Broker,
     R: ResultBackend + 'static,
 {
-    let control = WorkerHandle::new(backend);
-    run_with(config, sandbox, registry, broker, control, shutdown).await
+    let worker_handle = WorkerHandle::new(backend);
+    run_with(config, sandbox, registry, broker, worker_handle, shutdown).await
 }
 
-/// Like [`run`], storing states through `control`'s backend and consulting its revoked ids
-/// and running tasks, so a clone of `control` can revoke (and terminate) while the worker
-/// runs. The revoked ids are saved to its state db, if any, when the loop ends.
+/// Like [`run`], storing states through `worker_handle`'s backend and consulting its
+/// revoked ids and running tasks, so a clone of it can revoke (and terminate) while the
+/// worker runs. The revoked ids are saved to its state db, if any, when the loop ends.
 pub async fn run_with<B, R>(
     config: WorkerConfig,
     sandbox: Sandbox,
     registry: Arc<Registry>,
     broker: Arc<B>,
-    control: WorkerHandle<R>,
+    worker_handle: WorkerHandle<R>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError>
 where
@@ -87,18 +91,50 @@ where
         config.prefetch(),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (events, queued) = EventQueue::new();
+    let monitor = Arc::new(Monitor::new(
+        &config.nodename,
+        config.control.task_events,
+        events.clone(),
+    ));
     let worker = Arc::new(WorkerContext {
         slots: Arc::new(Semaphore::new(config.concurrency)),
         config,
         sandbox,
         registry,
         consumer: Arc::clone(&consumer),
-        backend: Arc::clone(control.backend()),
-        revoked: Arc::clone(control.revoked()),
-        running: Arc::clone(control.running()),
-        rate_limits: Arc::clone(control.rate_limits()),
+        backend: Arc::clone(worker_handle.backend()),
+        revoked: Arc::clone(worker_handle.revoked()),
+        running: Arc::clone(worker_handle.running()),
+        rate_limits: Arc::clone(worker_handle.rate_limits()),
         stopping: stop_rx,
+        monitor,
     });
+    let control = Control::start(
+        Arc::new(ControlContext {
+            monitor: Arc::clone(&worker.monitor),
+            consumer: Arc::clone(&consumer),
+            backend: Arc::clone(&worker.backend),
+            worker: worker_handle.clone(),
+            revoked: Arc::clone(&worker.revoked),
+            registry: Arc::clone(&worker.registry),
+            slots: Arc::clone(&worker.slots),
+            concurrency: AtomicUsize::new(worker.config.concurrency),
+            config: worker.config.clone(),
+            settings: worker.config.control.clone(),
+            remote_shutdown: watch::channel(false).0,
+        }),
+        events,
+        queued,
+    )
+    .await
+    .map_err(|err| {
+        WorkerError::Config(format!(
+            "cannot serve metrics on {:?}: {err}",
+            worker.config.control.metrics_addr
+        ))
+    })?;
+    tracing::info!("{} ready.", worker.config.nodename);
 
     let mut tasks = JoinSet::new();
     let mut backoff = FIRST_BACKOFF;
@@ -106,6 +142,7 @@ where
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            () = control.shutdown_requested() => break,
             next = consumer.next() => match next {
                 Ok(delivery) => {
                     if backoff > FIRST_BACKOFF {
@@ -146,6 +183,7 @@ where
         );
         tasks.shutdown().await;
     }
-    control.persist().await;
+    worker_handle.persist().await;
+    control.stop().await;
     Ok(())
 }

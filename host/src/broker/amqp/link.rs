@@ -9,7 +9,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
-use crate::broker::BrokerError;
+use crate::broker::{BroadcastExchange, BrokerError};
 
 use super::fields::short;
 use super::topology::{Declared, declare_task_queue, delete_queue};
@@ -35,6 +35,8 @@ struct Live {
     channel: Channel,
     /// Task queues declared on this connection (kombu's `maybe_declare` cache).
     declared: HashSet<String>,
+    /// Broadcast exchanges declared on this connection.
+    exchanges: HashSet<String>,
 }
 
 impl Live {
@@ -73,6 +75,31 @@ impl Link {
         let declared = declare_task_queue(&live.connection, queue, max_priority).await?;
         live.declared.insert(queue.to_owned());
         Ok(declared)
+    }
+
+    /// Declares a broadcast exchange, once per connection, on a channel of its own (a
+    /// refusal closes the channel it came on).
+    pub(super) async fn declare_exchange(
+        &self,
+        exchange: &BroadcastExchange,
+    ) -> Result<(), BrokerError> {
+        let mut slot = self.live.lock().await;
+        let live = self.open(&mut slot).await?;
+        if live.exchanges.contains(&exchange.name) {
+            return Ok(());
+        }
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(amqp_error("channel.open", &exchange.name))?;
+        let declared = super::broadcast::declare_exchange(&channel, exchange).await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "OK".into()).await;
+        }
+        declared?;
+        live.exchanges.insert(exchange.name.clone());
+        Ok(())
     }
 
     /// Deletes `queue`, and forgets it was declared.
@@ -154,6 +181,7 @@ impl Link {
             connection,
             channel,
             declared: HashSet::new(),
+            exchanges: HashSet::new(),
         }))
     }
 }

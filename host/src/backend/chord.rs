@@ -14,7 +14,8 @@ use ::redis::Script;
 use ::redis::aio::ConnectionManager;
 use serde_json::Value;
 
-use crate::protocol::kombu_json::{from_kombu_json, to_kombu_json};
+use crate::protocol::kombu_json::from_kombu_json;
+use crate::protocol::python_repr;
 
 use super::BackendError;
 
@@ -340,49 +341,7 @@ pub fn exception_repr(value: &Value) -> String {
         Some(other) => vec![other.clone()],
         None => Vec::new(),
     };
-    let args: Vec<String> = args.iter().map(python_repr).collect();
-    format!("{exc_type}({})", args.join(", "))
-}
-
-/// A JSON value as Python's `repr` writes the value it decodes to.
-fn python_repr(value: &Value) -> String {
-    match value {
-        Value::Null => "None".into(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::String(text) => {
-            let quote = if text.contains('\'') && !text.contains('"') {
-                '"'
-            } else {
-                '\''
-            };
-            let escaped = text.replace('\\', "\\\\").replace('\n', "\\n");
-            let escaped = if quote == '\'' {
-                escaped.replace('\'', "\\'")
-            } else {
-                escaped
-            };
-            format!("{quote}{escaped}{quote}")
-        }
-        Value::Array(items) => {
-            let items: Vec<String> = items.iter().map(python_repr).collect();
-            format!("[{}]", items.join(", "))
-        }
-        Value::Object(map) => {
-            let items: Vec<String> = map
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{}: {}",
-                        python_repr(&Value::from(k.clone())),
-                        python_repr(v)
-                    )
-                })
-                .collect();
-            format!("{{{}}}", items.join(", "))
-        }
-        Value::Number(_) => to_kombu_json(value),
-    }
+    python_repr::exception_repr(exc_type, &args)
 }
 
 #[cfg(test)]

@@ -13,9 +13,9 @@ use crate::worker::parse_rate;
 
 use super::events::software_fields;
 use super::identity::{self, SW_VER, monotonic_seconds, sw_sys};
-use super::repr::python_repr;
 use super::state::Phase;
 use super::{ControlContext, HEARTBEAT_COMMAND_FREQ};
+use crate::protocol::python_repr::python_repr;
 
 /// The reply of a command that failed, as kombu sends it: `{"error": "<repr>"}`.
 fn error(text: impl Into<String>) -> Option<Value> {

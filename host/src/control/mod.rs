@@ -41,7 +41,6 @@ use crate::worker::{RevokedTasks, WorkerConfig};
 
 pub use self::events::EventQueue;
 pub use self::monitor::{Monitor, TrackedTask};
-pub use self::repr::python_repr;
 pub use self::state::{LimitOverrides, Phase, TaskRecord};
 
 /// Celery's heartbeat interval (`Heart(interval or 2.0)`).

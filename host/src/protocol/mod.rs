@@ -20,6 +20,7 @@ pub mod content;
 pub mod encode;
 pub mod kombu_json;
 pub mod message;
+pub mod python_repr;
 pub mod signature;
 pub mod timestamp;
 

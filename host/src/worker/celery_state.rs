@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::log_format::{python_args, python_repr, python_tuple};
+use crate::protocol::python_repr::{python_args, python_repr, python_tuple};
 use crate::sandbox::{Abort, Exception, Outcome, RejectRequest, RetryRequest, TaskError};
 
 /// An exception as Celery's result backend encodes it (`exc_type`, `exc_module`,

@@ -13,12 +13,13 @@ use crate::sandbox::{Abort, Invocation, KillSwitch, Outcome, Request, RetryReque
 
 use super::canvas::{self, Target};
 use super::limits::limit_as_given;
-use super::log_format::{python_repr, truncate};
+use super::log_format::truncate;
 use super::reconnect::retrying;
 use super::retry::{max_retries, retry_eta, retry_message, retry_when};
 use super::run_loop::WorkerContext;
 use super::state_updates::StateUpdates;
 use super::{CeleryException, HeaderTimeLimits, TaskState, TracingTaskEvents, resolve_limits};
+use crate::protocol::python_repr::python_repr;
 
 /// Longest result text written in a `succeeded` log line.
 const MAX_LOGGED_RESULT: usize = 1024;

@@ -17,7 +17,13 @@ from celery import Celery
 from conftest import start_celeriac
 from rabbit import RabbitNode
 from test_amqp import AMQP_URL, start_amqp_worker
-from test_resilience import start_python_worker, stored_results, wait_for_results, wait_until  # noqa: F401
+from test_resilience import (  # noqa: F401 (start_python_worker is a fixture)
+    run_1000_adds_on_both,
+    start_python_worker,
+    stored_results,
+    wait_for_results,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -53,16 +59,7 @@ def test_a_python_and_a_celeriac_worker_sharing_an_amqp_queue_run_each_task_exac
     python = start_python_worker(amqp_task_queue, AMQP_URL, backend.url)
     app = amqp_client(amqp_task_queue, backend.url)
 
-    expected = {app.send_task("tasks.add", args=(i, 1000 * i)).id: 1001 * i for i in range(1000)}
-    wait_for_results(backend, expected, celeriac, python)
-    celeriac.stop()
-    python.stop()
-
-    by_celeriac, by_python = celeriac.task_ids("succeeded"), python.task_ids("succeeded")
-    runs = collections.Counter(by_celeriac + by_python)
-    assert {i: n for i, n in runs.items() if n != 1} == {}, "tasks that ran more than once"
-    assert set(runs) == set(expected)
-    assert by_celeriac and by_python, f"celeriac ran {len(by_celeriac)}, Python ran {len(by_python)}"
+    run_1000_adds_on_both(app, backend, celeriac, python)
     assert messages_left(amqp_task_queue) == 0
 
 

@@ -106,15 +106,10 @@ def assert_nothing_left(server, task_queue):
     assert left == (0, 0, 0), f"left behind (queued, unacked, unacked_index): {left}: {r.hgetall('unacked')}"
 
 
-def test_a_python_and_a_celeriac_worker_sharing_a_queue_run_each_task_exactly_once(
-    start_redis, start_celeriac_worker, start_python_worker
-):
-    server = start_redis()
-    task_queue = f"resilience-{uuid.uuid4()}"
-    celeriac = start_celeriac_worker(task_queue, env_overrides=server.env())
-    python = start_python_worker(task_queue, server.url)
-    app = client(server.url, task_queue)
-
+def run_1000_adds_on_both(app, server, celeriac, python):
+    """Sends 1,000 `tasks.add` through `app`, waits for every result in `server` (the
+    results' Redis), stops both workers, and checks that each task ran exactly once and
+    that both workers ran some."""
     expected = {app.send_task("tasks.add", args=(i, 1000 * i)).id: 1001 * i for i in range(1000)}
     wait_for_results(server, expected, celeriac, python)
     celeriac.stop()
@@ -125,6 +120,18 @@ def test_a_python_and_a_celeriac_worker_sharing_a_queue_run_each_task_exactly_on
     assert {i: n for i, n in runs.items() if n != 1} == {}, "tasks that ran more than once"
     assert set(runs) == set(expected)
     assert by_celeriac and by_python, f"celeriac ran {len(by_celeriac)}, Python ran {len(by_python)}"
+
+
+def test_a_python_and_a_celeriac_worker_sharing_a_queue_run_each_task_exactly_once(
+    start_redis, start_celeriac_worker, start_python_worker
+):
+    server = start_redis()
+    task_queue = f"resilience-{uuid.uuid4()}"
+    celeriac = start_celeriac_worker(task_queue, env_overrides=server.env())
+    python = start_python_worker(task_queue, server.url)
+    app = client(server.url, task_queue)
+
+    run_1000_adds_on_both(app, server, celeriac, python)
     assert_nothing_left(server, task_queue)
 
 

@@ -32,6 +32,18 @@ STOP_TIMEOUT = 30
 PRIORITY_SEP = "\x06\x16"
 
 
+#: Seconds a test waits for a result or a condition.
+TIMEOUT = 30
+
+
+def wait_until(condition, what, timeout=TIMEOUT):
+    """Polls `condition` every 50 ms; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def worker_env(overrides=None):
     """The environment a worker runs with: ours without any `CELERY_*`/`CELERIAC_*`
     variable, pointed at the test Redis, then `overrides`."""

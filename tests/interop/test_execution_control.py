@@ -12,14 +12,7 @@ import pytest
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.exceptions import MaxRetriesExceededError, TaskRevokedError
 
-TIMEOUT = 30
-
-
-def wait_until(condition, what, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+from conftest import TIMEOUT, wait_until
 
 
 def lines_about(log, task_id):

@@ -7,14 +7,7 @@ import time
 import pytest
 from celery.exceptions import TaskRevokedError
 
-TIMEOUT = 30
-
-
-def wait_until(condition, what, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+from conftest import TIMEOUT, wait_until
 
 
 def received(log, task_id):

@@ -133,13 +133,13 @@ class WorkerProcess:
         self._pump_thread.join(timeout=10)
 
 
-def start_celeriac(task_queue, *options, concurrency=2, env_overrides=None):
-    """Starts `celeriac worker -Q task_queue -c concurrency -l info *options` with the
-    example components, on the test Redis unless `env_overrides` says otherwise, and
-    returns it once it is ready."""
+def start_celeriac(task_queue, *options, concurrency=2, env_overrides=None, tasks_dir=TASKS):
+    """Starts `celeriac worker -Q task_queue -c concurrency -l info *options` serving
+    `tasks_dir` (the example components unless told otherwise), on the test Redis unless
+    `env_overrides` says otherwise, and returns it once it is ready."""
     assert CELERIAC.is_file(), f"{CELERIAC} is missing: run scripts/test.sh (it builds it)"
     assert (TASKS / "tasks.wasm").is_file(), f"{TASKS} has no tasks.wasm: run scripts/build-examples.sh"
-    argv = [str(CELERIAC), "worker", "--tasks", str(TASKS), "-Q", task_queue,
+    argv = [str(CELERIAC), "worker", "--tasks", str(tasks_dir), "-Q", task_queue,
             "-c", str(concurrency), "-l", "info", *options]
     return WorkerProcess("celeriac worker", argv, worker_env(env_overrides)).wait_ready()
 

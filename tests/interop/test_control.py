@@ -9,6 +9,7 @@ Every request names its worker (`destination`): other workers on the same Redis,
 test runs, must never see a `shutdown` meant for this one.
 """
 
+import shutil
 import socket
 import subprocess
 import threading
@@ -20,7 +21,7 @@ import pytest
 from celery import Celery
 from celery.exceptions import TaskRevokedError
 
-from conftest import REDIS_URL, ROOT, WorkerProcess, worker_env
+from conftest import REDIS_URL, ROOT, TASKS, WorkerProcess, worker_env
 from test_amqp import AMQP_URL
 
 CELERY = ROOT / "target" / "interop-venv" / "bin" / "celery"
@@ -250,6 +251,37 @@ def test_shutdown_stops_the_worker_warmly(start, unique_queue, node, client):
     assert running.get(timeout=TIMEOUT) == 2, "the running task finished first"
 
 
+def registered_names(client, node):
+    return {entry.split()[0] for entry in inspect(client, node).registered()[node]}
+
+
+def test_pool_restart_reloads_the_components_of_a_worker_that_does_not_watch(
+        start, unique_queue, node, client, tmp_path):
+    """With `--no-watch`, files changed in the tasks directory are taken by `pool_restart`
+    (Flower's "Restart pool" button): an added component is loaded, a removed one dropped."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    shutil.copy(TASKS / "tasks.wasm", tasks / "tasks.wasm")
+    worker = start(unique_queue, "-n", node, "--no-watch", tasks_dir=tasks)
+    shutil.copy(TASKS / "rs_tasks.wasm", tasks / "rs_tasks.wasm")
+    time.sleep(1.5)  # longer than the watcher would need, were it on
+    assert "rs.add" not in registered_names(client, node)
+
+    reply = client.control.pool_restart(destination=[node], reply=True, timeout=2)
+    assert reply == [{node: {"ok": "reload started"}}], reply
+    wait_until(lambda: "rs.add" in registered_names(client, node), "rs.add registered", worker)
+    assert client.send_task("rs.add", (2, 3)).get(timeout=TIMEOUT) == 5
+
+    (tasks / "tasks.wasm").unlink()
+    reply = client.control.pool_restart(modules=["tasks.wasm"], destination=[node], reply=True,
+                                        timeout=2)
+    assert reply == [{node: {"ok": "reload started"}}], reply
+    wait_until(lambda: "tasks.add" not in registered_names(client, node),
+               "tasks.add unregistered", worker)
+    assert "rs.add" in registered_names(client, node)
+    assert "1 removed" in worker.output()
+
+
 class EventCapture:
     """An `app.events.Receiver` (what Flower and `celery events` use) on its own thread,
     keeping every event of one node. Starting, it broadcasts the `heartbeat` command as
@@ -436,6 +468,9 @@ def test_metrics_health_and_readiness(start, unique_queue, node, client):
         "the failure counted", worker)
     assert metric(after, succeeded) == metric(before, succeeded) + 3
     assert metric(after, 'celeriac_task_runtime_seconds_count{name="tasks.add"}') == 3
+    assert metric(after, 'celeriac_sandbox_instantiate_seconds_count{name="tasks.add"}') == 3, \
+        "each task ran in a fresh instance"
+    assert 0 < metric(after, 'celeriac_sandbox_instantiate_seconds_sum{name="tasks.add"}') < 3
     assert metric(after, "celeriac_task_queue_wait_seconds_count") == 4
     assert metric(after, "celeriac_tasks_in_flight") == 0
     assert 'celeriac_component_info{component="tasks.wasm"' in after

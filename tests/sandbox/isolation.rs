@@ -52,3 +52,35 @@ async fn reused_instances_keep_their_memory_until_their_quota() {
         "after two tasks the instance is replaced: {peaks:?}"
     );
 }
+
+#[tokio::test]
+async fn dropping_warm_instances_makes_the_next_task_start_fresh() {
+    let sandbox = sandbox();
+    let prepared = prepare_with(
+        &sandbox,
+        &guests::big_result_guest("t", 1 << 20),
+        WasiPolicy::default(),
+        Isolation::Reuse {
+            max_tasks_per_instance: u32::MAX,
+        },
+    );
+    let mut reports = Vec::new();
+    for drop_first in [false, false, true] {
+        if drop_first {
+            prepared.drop_warm_instances();
+        }
+        let (invocation, _) = invocation("t", "[]", "{}", SandboxLimits::new());
+        reports.push(sandbox.run(&prepared, invocation).await.unwrap());
+    }
+    let peaks: Vec<usize> = reports.iter().map(|r| r.peak_memory_bytes).collect();
+    assert!(
+        peaks[1] > peaks[0],
+        "the second task reused the instance: {peaks:?}"
+    );
+    assert_eq!(
+        peaks[2], peaks[0],
+        "a new instance after the drop: {peaks:?}"
+    );
+    let instantiated: Vec<bool> = reports.iter().map(|r| r.instantiate.is_some()).collect();
+    assert_eq!(instantiated, [true, false, true]);
+}

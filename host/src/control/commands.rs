@@ -2,12 +2,14 @@
 //! (§3.7). Each returns the reply value, or `None` for a command that replies nothing
 //! (`shutdown`).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde_json::{Map, Value, json};
 
 use crate::backend::ResultBackend;
 use crate::broker::Broker;
+use crate::registry::Change;
 use crate::sandbox::TaskInfo;
 use crate::worker::parse_rate;
 
@@ -70,7 +72,7 @@ pub async fn dispatch<B: Broker, R: ResultBackend + 'static>(
         }
         "pool_grow" => pool_grow(ctx, count(arg("n"))),
         "pool_shrink" => pool_shrink(ctx, count(arg("n"))),
-        "pool_restart" => error("ValueError('Pool restarts not enabled')"),
+        "pool_restart" => pool_restart(ctx, arg("modules")),
         "autoscale" => error("ValueError('Autoscale not enabled')"),
         "hello" => Some(hello(ctx, arg("from_node"), arg("revoked"))),
         "election" => Some(Value::Null),
@@ -86,14 +88,44 @@ pub async fn dispatch<B: Broker, R: ResultBackend + 'static>(
     }
 }
 
+/// `pool_restart(modules=None, reload=False)`: reloads the components from the tasks
+/// directory in the background (all, or those whose file or task names are in `modules`)
+/// and replies at once, as Celery does. Unlike a Python pool restart it is always enabled
+/// (no `worker_pool_restarts`): swapping a component in is safe while tasks run, and a
+/// worker started with `--no-watch` takes its changes this way. `reload` is ignored:
+/// every reload reads the files anew.
+fn pool_restart<B: Broker, R: ResultBackend + 'static>(
+    ctx: &ControlContext<B, R>,
+    modules: Option<&Value>,
+) -> Option<Value> {
+    let only = string_list(modules);
+    let registry = Arc::clone(&ctx.registry);
+    tokio::spawn(async move {
+        let (mut loaded, mut removed, mut unchanged, mut refused) = (0, 0, 0, 0);
+        for (_, outcome) in registry.reload(&only).await {
+            match outcome {
+                Ok(Change::Loaded(_)) => loaded += 1,
+                Ok(Change::Removed(_)) => removed += 1,
+                Ok(Change::Unchanged) => unchanged += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        tracing::info!(
+            "pool_restart: components reloaded: {loaded} loaded, {removed} removed, \
+             {unchanged} unchanged, {refused} refused"
+        );
+    });
+    ok("reload started")
+}
+
 /// `n` of pool_grow and pool_shrink: default 1.
 fn count(n: Option<&Value>) -> usize {
     n.and_then(|n| n.as_u64().or_else(|| n.as_str()?.parse().ok()))
         .map_or(1, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-/// A task id argument: a string or a list of them (`maybe_list`).
-fn ids(value: Option<&Value>) -> Vec<String> {
+/// An argument that is a string or a list of them (`maybe_list`): task ids, module names.
+fn string_list(value: Option<&Value>) -> Vec<String> {
     match value {
         Some(Value::String(id)) => vec![id.clone()],
         Some(Value::Array(ids)) => ids
@@ -144,7 +176,7 @@ fn query_task<B: Broker, R: ResultBackend>(
     ctx: &ControlContext<B, R>,
     wanted: Option<&Value>,
 ) -> Value {
-    let wanted = ids(wanted);
+    let wanted = string_list(wanted);
     let monitor = &ctx.monitor;
     let found: Map<String, Value> = monitor
         .tasks
@@ -300,7 +332,7 @@ async fn revoke<B: Broker, R: ResultBackend + 'static>(
     terminate: bool,
     signal: Option<&Value>,
 ) -> Option<Value> {
-    let task_ids = ids(task_id);
+    let task_ids = string_list(task_id);
     // Celery's `signum()` takes a number or a name, any case, with or without `SIG`.
     let signal = match signal {
         Some(Value::Number(number)) => Some(number.to_string()),
@@ -489,9 +521,9 @@ mod tests {
 
     #[test]
     fn id_arguments_may_be_a_string_or_a_list() {
-        assert_eq!(ids(Some(&json!("a"))), vec!["a"]);
-        assert_eq!(ids(Some(&json!(["a", "b"]))), vec!["a", "b"]);
-        assert!(ids(None).is_empty());
+        assert_eq!(string_list(Some(&json!("a"))), vec!["a"]);
+        assert_eq!(string_list(Some(&json!(["a", "b"]))), vec!["a", "b"]);
+        assert!(string_list(None).is_empty());
     }
 
     #[test]

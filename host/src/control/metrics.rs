@@ -40,6 +40,11 @@ fn runtime_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 20))
 }
 
+fn instantiate_histogram() -> Histogram {
+    // 1 µs .. about 8 s: a small guest instantiates in microseconds, Python in a millisecond.
+    Histogram::new(exponential_buckets(1e-6, 2.0, 24))
+}
+
 fn memory_histogram() -> Histogram {
     // 64 KiB .. 4 GiB.
     Histogram::new(exponential_buckets(65_536.0, 2.0, 17))
@@ -51,6 +56,7 @@ pub struct Metrics {
     registry: Registry,
     tasks: Family<OutcomeLabels, Counter>,
     runtime: HistogramFamily,
+    instantiate: HistogramFamily,
     memory: HistogramFamily,
     queue_wait: Histogram,
     in_flight: Gauge,
@@ -73,6 +79,13 @@ impl Default for Metrics {
             "task_runtime_seconds",
             "Time a task ran in the sandbox, instantiation included",
             runtime.clone(),
+        );
+        let instantiate: HistogramFamily = Family::new_with_constructor(instantiate_histogram);
+        registry.register(
+            "sandbox_instantiate_seconds",
+            "Time creating a fresh sandbox instance for a task took (not counted when a warm \
+             instance of an isolation = \"reuse\" component served it)",
+            instantiate.clone(),
         );
         let memory: HistogramFamily = Family::new_with_constructor(memory_histogram);
         registry.register(
@@ -110,6 +123,7 @@ impl Default for Metrics {
             registry,
             tasks,
             runtime,
+            instantiate,
             memory,
             queue_wait,
             in_flight,
@@ -131,8 +145,15 @@ impl Metrics {
             .inc();
     }
 
-    /// Records one run of a task of `name`.
-    pub fn task_ran(&self, name: &str, runtime: Duration, peak_memory_bytes: usize) {
+    /// Records one run of a task of `name`: its run time, the peak memory of its instance
+    /// and, when a fresh instance was made for it, how long that took.
+    pub fn task_ran(
+        &self,
+        name: &str,
+        runtime: Duration,
+        peak_memory_bytes: usize,
+        instantiate: Option<Duration>,
+    ) {
         let label = TaskLabel {
             name: name.to_owned(),
         };
@@ -142,6 +163,11 @@ impl Metrics {
         self.memory
             .get_or_create(&label)
             .observe(peak_memory_bytes as f64);
+        if let Some(instantiate) = instantiate {
+            self.instantiate
+                .get_or_create(&label)
+                .observe(instantiate.as_secs_f64());
+        }
     }
 
     /// Records how long a task waited between arrival and start.
@@ -190,14 +216,24 @@ mod tests {
         let metrics = Metrics::default();
         metrics.task_ended("tasks.add", "SUCCESS");
         metrics.task_ended("tasks.add", "SUCCESS");
-        metrics.task_ran("tasks.add", Duration::from_millis(3), 1 << 20);
+        metrics.task_ran(
+            "tasks.add",
+            Duration::from_millis(3),
+            1 << 20,
+            Some(Duration::from_micros(900)),
+        );
+        metrics.task_ran("tasks.add", Duration::from_millis(1), 1 << 20, None);
         metrics.task_waited(Duration::from_millis(1));
         let text = metrics.render(1, 2);
         assert!(
             text.contains(r#"celeriac_tasks_total{name="tasks.add",state="SUCCESS"} 2"#),
             "{text}"
         );
-        assert!(text.contains(r#"celeriac_task_runtime_seconds_count{name="tasks.add"} 1"#));
+        assert!(text.contains(r#"celeriac_task_runtime_seconds_count{name="tasks.add"} 2"#));
+        assert!(
+            text.contains(r#"celeriac_sandbox_instantiate_seconds_count{name="tasks.add"} 1"#),
+            "a run on a warm instance is not an instantiation: {text}"
+        );
         assert!(text.contains("celeriac_tasks_in_flight 1"));
         assert!(text.contains("celeriac_tasks_prefetched 2"));
         assert!(text.contains("celeriac_task_queue_wait_seconds_count 1"));

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::broker::Delivery;
 use crate::protocol::TaskMessage;
+use crate::sandbox::RunReport;
 use crate::worker::CeleryException;
 
 use super::events::{EventQueue, Sender, TaskEventSwitch, now_seconds};
@@ -150,9 +151,11 @@ impl Monitor {
         }
     }
 
-    /// One run of a task of `name` in the sandbox ended (whatever its outcome).
-    pub fn task_ran(&self, name: &str, runtime: Duration, peak_memory_bytes: usize) {
-        self.metrics.task_ran(name, runtime, peak_memory_bytes);
+    /// One run of a task of `name` in the sandbox ended (whatever its outcome), `runtime`
+    /// after it was handed to the sandbox.
+    pub fn task_ran(&self, name: &str, runtime: Duration, report: &RunReport) {
+        self.metrics
+            .task_ran(name, runtime, report.peak_memory_bytes, report.instantiate);
     }
 
     /// task-revoked: discarded because revoked, expired or terminated.

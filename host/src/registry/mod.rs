@@ -468,6 +468,44 @@ impl Registry {
         self.install(&file_name, previous, &digest).await
     }
 
+    /// Reloads from disk what the remote `pool_restart` command names: every component of
+    /// the tasks directory, or only those whose file name or one of whose task names is in
+    /// `only`. Changed files are swapped in, new ones loaded, removed ones unregistered
+    /// (as the watcher would, for a worker started with `--no-watch`), and instances kept
+    /// warm by `isolation = "reuse"` are dropped, as a Celery pool restart replaces its
+    /// child processes. Returns each file's outcome; refusals are logged and announced.
+    pub async fn reload(&self, only: &[String]) -> Vec<(PathBuf, Result<Change, LoadError>)> {
+        let served = self.components();
+        let mut paths: Vec<PathBuf> = match self.component_files() {
+            Ok(paths) => paths,
+            Err(err) => return vec![(self.dir.clone(), Err(err))],
+        };
+        for component in &served {
+            if !paths.contains(&component.path) {
+                paths.push(component.path.clone());
+            }
+        }
+        let named = |path: &PathBuf| {
+            only.is_empty()
+                || only.contains(&file_name(path))
+                || served.iter().any(|component| {
+                    &component.path == path
+                        && component.tasks.iter().any(|task| only.contains(&task.name))
+                })
+        };
+        let mut outcomes = Vec::new();
+        for path in paths.into_iter().filter(named) {
+            let outcome = self.sync_file(&path).await;
+            if let Ok(Change::Unchanged) = outcome
+                && let Some(component) = self.snapshot().component_at(&path)
+            {
+                component.prepared.drop_warm_instances();
+            }
+            outcomes.push((path, outcome));
+        }
+        outcomes
+    }
+
     /// Compiles and validates `file`, checks its names against the other files', writes it
     /// into the tasks directory when `write` (an install), and publishes it. Holds the
     /// `changing` lock (taken by the caller).

@@ -131,6 +131,12 @@ impl Prepared {
     pub fn isolation(&self) -> Isolation {
         self.isolation
     }
+
+    /// Drops the instances kept warm for `isolation = "reuse"`: the next tasks start fresh
+    /// ones; instances serving a task now are dropped when it ends.
+    pub fn drop_warm_instances(&self) {
+        self.warm.clear();
+    }
 }
 
 /// One task to run.
@@ -250,6 +256,7 @@ impl Sandbox {
             outcome: Outcome::Aborted(abort),
             duration: started.elapsed(),
             peak_memory_bytes: 0,
+            instantiate: None,
         };
         if kill.is_killed() {
             return Ok(aborted(Abort::Terminated));
@@ -280,6 +287,7 @@ impl Sandbox {
                 }),
                 duration: started.elapsed(),
                 peak_memory_bytes: 0,
+                instantiate: None,
             });
         }
         match prepared.isolation {
@@ -304,7 +312,10 @@ impl Sandbox {
             invocation.events.clone(),
             &invocation.limits,
         )?;
-        let outcome = match prepared.pre.instantiate_async(&mut store).await {
+        let instantiating = Instant::now();
+        let instance = prepared.pre.instantiate_async(&mut store).await;
+        let instantiate = Some(instantiating.elapsed());
+        let outcome = match instance {
             Ok(task) => call_run(&mut store, &task, &invocation).await?,
             Err(err) => Outcome::Aborted(classify_failure(store.data(), err)?),
         };
@@ -313,6 +324,7 @@ impl Sandbox {
             outcome,
             duration: started.elapsed(),
             peak_memory_bytes: store.data().memory.peak_bytes,
+            instantiate,
         })
     }
 
@@ -323,6 +335,7 @@ impl Sandbox {
         started: Instant,
         max_tasks_per_instance: u32,
     ) -> Result<RunReport, SandboxError> {
+        let mut instantiate = None;
         let mut warm = match prepared.warm.take() {
             Some(mut warm) => {
                 warm.store
@@ -336,8 +349,11 @@ impl Sandbox {
                     invocation.events.clone(),
                     &invocation.limits,
                 )?;
-                match prepared.pre.instantiate_async(&mut store).await {
-                    Ok(task) => reuse::WarmInstance::new(store, task),
+                let instantiating = Instant::now();
+                let instance = prepared.pre.instantiate_async(&mut store).await;
+                instantiate = Some(instantiating.elapsed());
+                match instance {
+                    Ok(task) => prepared.warm.new_instance(store, task),
                     Err(err) => {
                         let outcome = Outcome::Aborted(classify_failure(store.data(), err)?);
                         store.data().log.flush();
@@ -345,6 +361,7 @@ impl Sandbox {
                             outcome,
                             duration: started.elapsed(),
                             peak_memory_bytes: store.data().memory.peak_bytes,
+                            instantiate,
                         });
                     }
                 }
@@ -356,6 +373,7 @@ impl Sandbox {
             outcome,
             duration: started.elapsed(),
             peak_memory_bytes: warm.store.data().memory.peak_bytes,
+            instantiate,
         };
         // An instance that was interrupted may hold half-updated state: never reuse it.
         if !matches!(report.outcome, Outcome::Aborted(_)) {

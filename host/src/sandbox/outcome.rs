@@ -85,4 +85,7 @@ pub struct RunReport {
     pub duration: Duration,
     /// The most linear memory the instance held at once, in bytes.
     pub peak_memory_bytes: usize,
+    /// How long creating the instance took; `None` when a warm instance served the task
+    /// (`isolation = "reuse"`) or the task ended before one was made.
+    pub instantiate: Option<Duration>,
 }

@@ -138,9 +138,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
         updates.finish().await;
 
         if let Ok(report) = &report {
-            self.worker
-                .monitor
-                .task_ran(&message.task, elapsed, report.peak_memory_bytes);
+            self.worker.monitor.task_ran(&message.task, elapsed, report);
         }
         let stored = match report.map(|report| report.outcome) {
             Ok(Outcome::Aborted(Abort::TimeLimit(limit))) => {

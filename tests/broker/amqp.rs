@@ -244,6 +244,96 @@ async fn unacked_delivery_returns_redelivered_when_the_connection_closes() {
     h.cleanup().await;
 }
 
+/// Acks asked for together go out as one `multiple` ack only where nothing unsettled lies
+/// below them: a delivery still held (say, for its ETA) under a pile of acked ones must
+/// come back when the connection closes, and none of the acked ones may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_sent_together_never_cover_a_delivery_still_held() {
+    let h = AmqpHarness::new().await;
+    let q = h.queue("coalesced");
+    for body in ["a", "b", "held", "c", "d", "e"] {
+        h.broker
+            .publish("", &q, &message(body, None))
+            .await
+            .expect("publish");
+    }
+    let consumer = Arc::new(Consumer::new(h.broker(), vec![q.clone()], 6));
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 6 {
+        deliveries.push(next(&consumer).await);
+    }
+    let held = deliveries.remove(2);
+    assert_eq!(held.body, b"held");
+    // Every ack at once, so they pile up behind the first one written: the two below the
+    // held delivery may go as one `multiple` ack, the three above it may not.
+    let acks: Vec<_> = deliveries
+        .iter()
+        .map(|delivery| {
+            let (consumer, tag) = (Arc::clone(&consumer), delivery.delivery_tag().to_owned());
+            tokio::spawn(async move { consumer.ack(&tag).await })
+        })
+        .collect();
+    for ack in acks {
+        ack.await.expect("joined").expect("ack");
+    }
+    assert!(h.is_unacked(held.delivery_tag()).await);
+    h.broker.close().await;
+    assert_eq!(h.waiting(&q).await, 1, "only the held delivery went back");
+    let again = next(&Consumer::new(h.broker(), vec![q.clone()], 1)).await;
+    assert_eq!(again.body, b"held");
+    assert!(again.redelivered);
+    h.cleanup().await;
+}
+
+/// Acks out of order, the lowest last, then many at once: every one reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_out_of_order_or_together_all_reach_the_server() {
+    let h = AmqpHarness::new().await;
+    let q = h.queue("out-of-order");
+    for body in ["1", "2", "3", "4"] {
+        h.broker
+            .publish("", &q, &message(body, None))
+            .await
+            .expect("publish");
+    }
+    let consumer = Consumer::new(h.broker(), vec![q.clone()], 4);
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 4 {
+        deliveries.push(next(&consumer).await);
+    }
+    for index in [3, 1, 2, 0] {
+        consumer
+            .ack(deliveries[index].delivery_tag())
+            .await
+            .expect("ack");
+    }
+    consumer
+        .reject(deliveries[0].delivery_tag(), true)
+        .await
+        .expect("settling a settled tag again is a no-op");
+    for body in 0..50 {
+        h.broker
+            .publish("", &q, &message(&body.to_string(), None))
+            .await
+            .expect("publish");
+    }
+    let consumer = Arc::new(consumer);
+    let mut acks = Vec::new();
+    for _ in 0..50 {
+        let delivery = next(&consumer).await;
+        let consumer = Arc::clone(&consumer);
+        acks.push(tokio::spawn(async move {
+            consumer.ack(delivery.delivery_tag()).await
+        }));
+    }
+    for ack in acks {
+        ack.await.expect("joined").expect("ack");
+    }
+    h.broker.close().await;
+    assert_eq!(h.waiting(&q).await, 0, "every ack reached the server");
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connection_is_a_connection_error_and_the_next_fetch_resumes() {
     let h = AmqpHarness::new().await;

@@ -12,7 +12,9 @@
 //! * Supports priority: yes, **higher first**, on queues declared with `x-max-priority`
 //!   ([`AmqpOptions::queue_max_priority`], Celery's `task_queue_max_priority`)
 //! * Supports TTL: yes, `expiration` is set from a task's `expires` (RabbitMQ drops it then)
-//! * Acks: native. Unacked deliveries return to their queue when the connection (or its
+//! * Acks: native, coalesced: acks that pile up while one is written go out as one
+//!   `basic.ack` with `multiple` where no unsettled delivery lies below them
+//!   ([`acks`]). Unacked deliveries return to their queue when the connection (or its
 //!   channel) closes, marked redelivered; there is no visibility timeout.
 //! * Prefetch: `basic.qos` with the consumer's prefetch count (`global`, as Celery sets it
 //!   for RabbitMQ 3.x), raised and lowered with ETA holds before the next ack or fetch,
@@ -55,6 +57,7 @@
 //!   republished and acked before then (see `worker::delivery`), so RabbitMQ never closes
 //!   the channel over it (Celery #6760)
 
+mod acks;
 mod broadcast;
 mod fields;
 mod link;
@@ -63,14 +66,13 @@ mod session;
 mod topology;
 mod uri;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::BasicQosOptions;
 use lapin::uri::AMQPUri;
-use lapin::{Acker, Channel, Connection, ConnectionProperties, ErrorKind};
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::Notify;
 
 use crate::url::redact_password;
@@ -143,9 +145,8 @@ pub struct AmqpBroker {
     sessions: AtomicU64,
     /// The prefetch count the consumer asks for, and what the server was told.
     qos: Qos,
-    /// Deliveries handed out and not settled: delivery tag → (queue, acker). std `Mutex`:
-    /// short critical sections, no `.await` inside.
-    unacked: Mutex<HashMap<String, (Arc<str>, Acker)>>,
+    /// Deliveries handed out and not settled, and the acks and rejects settling them.
+    ledger: acks::Ledger,
 }
 
 /// The consumer's prefetch count and its `basic.qos`.
@@ -198,7 +199,7 @@ impl AmqpBroker {
             session: tokio::sync::Mutex::new(None),
             sessions: AtomicU64::new(1),
             qos: Qos::default(),
-            unacked: Mutex::default(),
+            ledger: acks::Ledger::default(),
         })
     }
 
@@ -234,7 +235,7 @@ impl AmqpBroker {
 
     /// Whether `delivery_tag` was handed out by this broker and not yet acked or rejected.
     pub fn is_unacked(&self, delivery_tag: &str) -> bool {
-        self.lock_unacked().contains_key(delivery_tag)
+        self.ledger.contains(delivery_tag)
     }
 
     /// Closes both connections; unacked deliveries go back to their queues. A later call
@@ -302,7 +303,7 @@ impl AmqpBroker {
     /// Forgets what belonged to a session that ended: its unacked deliveries (the server
     /// requeued them) and its channel's QoS.
     async fn forget_session(&self) {
-        self.lock_unacked().clear();
+        self.ledger.clear();
         *self.qos.applied.lock().await = Applied::default();
     }
 
@@ -381,41 +382,12 @@ impl AmqpBroker {
         queue: Arc<str>,
         message: lapin::message::Delivery,
     ) -> Delivery {
-        let tag = format!("{session}.{}", message.delivery_tag);
+        let delivery_tag = message.delivery_tag;
         let acker = message.acker.clone();
-        let delivery = fields::delivery(&queue[..], tag.clone(), message);
+        let delivery = fields::delivery(&queue[..], acks::tag(session, delivery_tag), message);
         self.routes.record(&delivery);
-        self.lock_unacked().insert(tag, (queue, acker));
+        self.ledger.record(session, queue, delivery_tag, acker);
         delivery
-    }
-
-    /// Settles `delivery_tag` with `settle` (ack or reject); an unknown tag is done.
-    async fn settle<F, Fut>(
-        &self,
-        op: &'static str,
-        delivery_tag: &str,
-        settle: F,
-    ) -> Result<(), BrokerError>
-    where
-        F: FnOnce(Acker) -> Fut,
-        Fut: Future<Output = lapin::Result<bool>>,
-    {
-        let Some((queue, acker)) = self.lock_unacked().remove(delivery_tag) else {
-            return Ok(());
-        };
-        self.sync_qos().await?;
-        let done = settle(acker.clone())
-            .await
-            .map_err(amqp_error(op, delivery_tag))?;
-        if !done && acker.poisoned() {
-            return Err(BrokerError::ConsumerLost {
-                queue: queue.to_string(),
-                reason: format!(
-                    "the channel closed before {op} of {delivery_tag}; the message goes back to its queue"
-                ),
-            });
-        }
-        Ok(())
     }
 
     /// Closes the session after an error that ended it, so the next fetch opens a new one;
@@ -427,10 +399,6 @@ impl AmqpBroker {
             session.close().await;
         }
         err
-    }
-
-    fn lock_unacked(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<str>, Acker)>> {
-        self.unacked.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -469,17 +437,14 @@ impl Broker for AmqpBroker {
     }
 
     async fn ack(&self, delivery_tag: &str) -> Result<(), BrokerError> {
-        self.settle("basic.ack", delivery_tag, |acker| async move {
-            acker.ack(BasicAckOptions::default()).await
-        })
-        .await
+        // A lowered limit must be in place before the server could use the slot an ack frees.
+        self.sync_qos().await?;
+        self.ledger.ack(delivery_tag).await
     }
 
     async fn reject(&self, delivery_tag: &str, requeue: bool) -> Result<(), BrokerError> {
-        self.settle("basic.reject", delivery_tag, |acker| async move {
-            acker.reject(BasicRejectOptions { requeue }).await
-        })
-        .await
+        self.sync_qos().await?;
+        self.ledger.reject(delivery_tag, requeue).await
     }
 
     async fn publish(

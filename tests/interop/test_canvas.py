@@ -1,7 +1,8 @@
-"""Canvas with a real Celery 5.7 client against `celeriac worker` on Redis: chains, link
-callbacks, link_error errbacks, chain failure propagation, groups, chords (one that fails,
-one shared with a Python worker), Celery's map/starmap/chunks, and a four-stage pipeline
-with per-stage callbacks compared with what a Python worker leaves.
+"""Canvas with a real Celery 5.7 client against `celeriac worker` on Redis and on RabbitMQ
+(results in Redis): chains, link callbacks, link_error errbacks, chain failure propagation,
+groups, chords (one that fails, one shared with a Python worker), Celery's
+map/starmap/chunks, and a four-stage pipeline with per-stage callbacks compared with what a
+Python worker leaves.
 
 Signatures the worker applies (callbacks, chain steps, errbacks, chord bodies) carry their
 queue in their options: a worker, Python or celeriac, sends a signature without routing
@@ -20,7 +21,8 @@ from celery.exceptions import ChordError
 from celery.result import AsyncResult
 
 from conftest import REDIS_URL
-from test_amqp import amqp_client, amqp_queue, start_amqp_worker  # noqa: F401  (a fixture)
+from every_broker import on_every_broker  # noqa: F401  (the `broker` fixture: Redis, RabbitMQ)
+from test_amqp import amqp_client, start_amqp_worker
 from test_resilience import start_python_worker  # noqa: F401  (a fixture)
 
 TIMEOUT = 30
@@ -189,10 +191,10 @@ def test_celery_accumulate_returns_its_arguments(app, celeriac_worker):
 
 
 def test_a_chord_shared_by_a_python_and_a_celeriac_worker_completes_once_in_order(
-    app, unique_queue, start_celeriac_worker, start_python_worker  # noqa: F811
+    app, broker, unique_queue, start_celeriac_worker, start_python_worker  # noqa: F811
 ):
     celeriac = start_celeriac_worker(unique_queue, concurrency=2)
-    python = start_python_worker(unique_queue, REDIS_URL)
+    python = start_python_worker(unique_queue, broker.url, REDIS_URL)
     header = [app.signature("tasks.add", (i, i), queue=unique_queue) for i in range(60)]
     body = app.signature("tasks.echo", queue=unique_queue)
     result = chord(header, body).apply_async()
@@ -281,14 +283,14 @@ EXPECTED_TRAIN_FAILS = {
 
 @pytest.mark.parametrize("train_fails", [False, True], ids=["all-succeed", "train-fails"])
 def test_the_training_pipeline_leaves_what_a_python_worker_leaves(
-    app, unique_queue, redis_client, start_celeriac_worker, start_python_worker,  # noqa: F811
+    app, broker, unique_queue, redis_client, start_celeriac_worker, start_python_worker,  # noqa: F811
     train_fails,
 ):
     expected = EXPECTED_TRAIN_FAILS if train_fails else EXPECTED_SUCCESS
     celeriac = start_celeriac_worker(unique_queue)
     assert run_pipeline(app, unique_queue, redis_client, train_fails) == expected
     celeriac.stop()
-    start_python_worker(unique_queue, REDIS_URL)
+    start_python_worker(unique_queue, broker.url, REDIS_URL)
     assert run_pipeline(app, unique_queue, redis_client, train_fails) == expected
 
 
@@ -301,47 +303,22 @@ def test_an_expired_header_task_fails_its_chord(app, celeriac_worker, sig):
     assert f"Dependency {expired_id} raised TaskRevokedError('expired')" == str(raised.value)
 
 
-# On RabbitMQ: the worker publishes callbacks, chain steps and chord bodies over AMQP.
+def test_a_chain_with_a_link_on_rabbitmq_with_rpc_results(rabbitmq_queue):
+    # rpc:// has no chord join, but chains and links need none: the worker publishes each
+    # step and callback over AMQP and replies to the client's queue.
+    task_queue = rabbitmq_queue
+    worker = start_amqp_worker(task_queue, "rpc://")
+    client = amqp_client(task_queue, "rpc://")
+    try:
+        def s(name, *args, immutable=False, **options):
+            return client.signature(f"tasks.{name}", args=args, immutable=immutable, queue=task_queue,
+                                    **options)
 
-
-@pytest.fixture(scope="module")
-def amqp_served(amqp_queue):  # noqa: F811
-    """`served(backend)`: (client, queue) with a celeriac worker on RabbitMQ storing results
-    in `backend`; workers and clients are stopped at the end."""
-    started = []
-
-    def serve(backend):
-        task_queue = amqp_queue()
-        worker = start_amqp_worker(task_queue, backend)
-        client = amqp_client(task_queue, backend)
-        started.append((worker, client))
-        return client, task_queue
-
-    yield serve
-    for worker, client in started:
+        result = chain(s("add", 1, 1, link=s("mul", 100)), s("add", 5, 5, immutable=True),
+                       s("add", 10)).apply_async()
+        assert result.get(timeout=TIMEOUT) == 20
+        with pytest.raises(ValueError, match="first"):
+            chain(s("fail", "first"), s("add", 1)).apply_async().get(timeout=TIMEOUT)
+    finally:
         client.close()
         worker.stop()
-
-
-def amqp_sig(client, task_queue):
-    def make(name, *args, immutable=False, **options):
-        return client.signature(f"tasks.{name}", args=args, immutable=immutable, queue=task_queue, **options)
-
-    return make
-
-
-@pytest.mark.parametrize("backend", [REDIS_URL, "rpc://"], ids=["redis-backend", "rpc-backend"])
-def test_a_chain_with_a_link_on_rabbitmq(amqp_served, backend):
-    client, task_queue = amqp_served(backend)
-    s = amqp_sig(client, task_queue)
-    result = chain(s("add", 1, 1, link=s("mul", 100)), s("add", 5, 5, immutable=True), s("add", 10)).apply_async()
-    assert result.get(timeout=TIMEOUT) == 20
-    with pytest.raises(ValueError, match="first"):
-        chain(s("fail", "first"), s("add", 1)).apply_async().get(timeout=TIMEOUT)
-
-
-def test_a_chord_on_rabbitmq_with_the_redis_backend(amqp_served):
-    client, task_queue = amqp_served(REDIS_URL)
-    s = amqp_sig(client, task_queue)
-    result = chord((s("add", i, i) for i in range(10)), s("xsum")).apply_async()
-    assert result.get(timeout=TIMEOUT) == 90

@@ -1,6 +1,7 @@
-"""Execution control seen from an unmodified Celery 5.7 client: retries (explicit, past
-max_retries, autoretry with backoff), countdown, hard and soft time limits (from the message
-and from the worker's flags), per-task rate limits, and ids revoked in a `--statedb` file.
+"""Execution control seen from an unmodified Celery 5.7 client, on Redis and on RabbitMQ:
+retries (explicit, past max_retries, autoretry with backoff), countdown, hard and soft time
+limits (from the message and from the worker's flags), per-task rate limits, and ids revoked
+in a `--statedb` file.
 Expired messages are covered in test_task_states.py; revoke itself (which needs the
 remote-control broadcast) in the Rust worker tests."""
 
@@ -13,6 +14,7 @@ from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.exceptions import MaxRetriesExceededError, TaskRevokedError
 
 from conftest import TIMEOUT, wait_until
+from every_broker import on_every_broker  # noqa: F401  (the `broker` fixture: Redis, RabbitMQ)
 
 
 def lines_about(log, task_id):

@@ -35,6 +35,10 @@ STOP_TIMEOUT = 30
 PRIORITY_SEP = "\x06\x16"
 
 
+#: The environment variable through which tests/interop/configured_tasks.py gives a Python
+#: worker extra Celery settings (a JSON object); not `CELERY_*`, which worker_env drops.
+PYTHON_WORKER_SETTINGS = "INTEROP_CELERY_SETTINGS"
+
 #: Seconds a test waits for a result or a condition.
 TIMEOUT = 30
 

@@ -20,7 +20,7 @@ from celery.canvas import chunks, xmap, xstarmap
 from celery.exceptions import ChordError
 from celery.result import AsyncResult
 
-from conftest import REDIS_URL
+from conftest import REDIS_URL, wait_until
 from every_broker import on_every_broker  # noqa: F401  (the `broker` fixture: Redis, RabbitMQ)
 from test_amqp import amqp_client, start_amqp_worker
 from test_resilience import start_python_worker  # noqa: F401  (a fixture)
@@ -301,6 +301,87 @@ def test_an_expired_header_task_fails_its_chord(app, celeriac_worker, sig):
         result.get(timeout=TIMEOUT, follow_parents=False)
     expired_id = result.parent.results[1].id
     assert f"Dependency {expired_id} raised TaskRevokedError('expired')" == str(raised.value)
+
+
+# Nested groups in a chord header, as Celery 5.7 joins them: the client flattens a group in
+# the header into the header itself (its members in reverse order: `_freeze_unroll` pushes
+# them with `extendleft`); a chain ending in a group keeps its place, and Celery's client
+# saves the header's GroupResult so the join hands that group's results on as one list.
+
+
+def nested_header_outcomes(app, task_queue):
+    """What the body of each nested-header chord receives (or the ChordError it gets)."""
+
+    def s(name, *args, **options):
+        return app.signature(f"tasks.{name}", args=args, queue=task_queue, **options)
+
+    chords = {
+        "group in the header": chord([group(s("add", 1, 1), s("add", 2, 2)), s("add", 3, 3)], s("echo")),
+        "chain ending in a group": chord(
+            [chain(s("add", 1, 1), group(s("add", 10), s("add", 20))), s("add", 3, 3)], s("echo")),
+        "failure inside the nested group": chord(
+            [chain(s("add", 1, 1), group(s("fail", "deep", immutable=True), s("add", 20))), s("add", 3, 3)],
+            s("echo")),
+        "chord applied by the worker": chain(
+            s("add", 1, 1), chord([group(s("add", 10), s("add", 20)), s("add", 30)], s("echo"))),
+    }
+    outcomes = {}
+    for name, canvas in chords.items():
+        result = canvas.apply_async()
+        try:
+            outcomes[name] = result.get(timeout=TIMEOUT, follow_parents=False)["args"]
+        except ChordError as error:
+            outcomes[name] = str(error)
+    return outcomes
+
+
+NESTED_HEADER_OUTCOMES = {
+    "group in the header": [[4, 2, 6]],
+    "chain ending in a group": [[[12, 22], 6]],
+    "failure inside the nested group": "Join error: ValueError('deep')",
+    "chord applied by the worker": [[22, 12, 32]],
+}
+
+
+def test_nested_groups_in_a_chord_header_join_as_a_python_worker_joins_them(
+    app, broker, unique_queue, start_celeriac_worker, start_python_worker,  # noqa: F811
+):
+    celeriac = start_celeriac_worker(unique_queue)
+    assert nested_header_outcomes(app, unique_queue) == NESTED_HEADER_OUTCOMES
+    celeriac.stop()
+    start_python_worker(unique_queue, broker.url, REDIS_URL)
+    assert nested_header_outcomes(app, unique_queue) == NESTED_HEADER_OUTCOMES
+
+
+# `result_backend_transport_options={"result_chord_ordered": False}`: Celery's Redis backend
+# then keeps a chord's header results in a list, in arrival order, and a worker configured
+# so pushes to it (RPUSH) even where another worker made a sorted set: every worker sharing
+# chords needs the same setting, which celeriac takes as `--result-chord-ordered false`.
+
+UNORDERED = {"result_backend_transport_options": {"result_chord_ordered": False}}
+
+
+def test_an_unordered_chord_shared_by_a_python_and_a_celeriac_worker_completes_once(
+    make_client, broker, unique_queue, redis_client, start_celeriac_worker, start_python_worker,  # noqa: F811
+):
+    celeriac = start_celeriac_worker(unique_queue, "--result-chord-ordered", "false", concurrency=2)
+    python = start_python_worker(unique_queue, broker.url, REDIS_URL, **UNORDERED)
+    client = make_client(task_default_queue=unique_queue, **UNORDERED)
+    header = [client.signature("tasks.add", (i, i), queue=unique_queue) for i in range(60)]
+    # The last header task waits for its countdown, so the chord's state can be looked at.
+    header.append(client.signature("tasks.add", (60, 60), queue=unique_queue, countdown=5))
+    result = chord(header, client.signature("tasks.echo", queue=unique_queue)).apply_async()
+    joined = f"{GROUP_META}{result.parent.id}.j"
+    wait_until(lambda: redis_client.type(joined) == b"list", "the header results to be kept in a list")
+    (results,) = result.get(timeout=60)["args"]
+    assert sorted(results) == [2 * i for i in range(61)]
+    header_ids = {r.id for r in result.parent.results}
+    assert set(celeriac.task_ids("succeeded")) & header_ids, "celeriac ran header tasks"
+    assert set(python.task_ids("succeeded")) & header_ids, "the Python worker ran header tasks"
+    time.sleep(1)  # a second body would have been sent by now
+    runs = celeriac.task_ids("succeeded").count(result.id) + python.task_ids("succeeded").count(result.id)
+    assert runs == 1
+    assert "WRONGTYPE" not in python.output() + celeriac.output()
 
 
 def test_a_chain_with_a_link_on_rabbitmq_with_rpc_results(rabbitmq_queue):

@@ -159,16 +159,37 @@ pub async fn connect_broker(url: &str, options: BrokerOptions) -> Result<AnyBrok
     }
 }
 
+/// Result backend options, each used only by the backends it concerns.
+#[derive(Clone, Debug)]
+pub struct BackendOptions {
+    /// Redis: Celery's `result_chord_ordered` transport option (default true).
+    pub result_chord_ordered: bool,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            result_chord_ordered: true,
+        }
+    }
+}
+
 /// Connects to the result backend at `url`; `rpc://` rides on `broker`'s connection.
-pub async fn connect_backend(url: &str, broker: &AnyBroker) -> Result<AnyBackend, ConnectError> {
+pub async fn connect_backend(
+    url: &str,
+    broker: &AnyBroker,
+    options: &BackendOptions,
+) -> Result<AnyBackend, ConnectError> {
     match backend_kind(url)? {
-        BackendKind::Redis => RedisBackend::connect(RedisBackendConfig::new(url))
-            .await
-            .map(AnyBackend::Redis)
-            .map_err(|source| ConnectError::Backend {
-                url: redact_password(url),
-                source: Box::new(source),
-            }),
+        BackendKind::Redis => RedisBackend::connect(
+            RedisBackendConfig::new(url).result_chord_ordered(options.result_chord_ordered),
+        )
+        .await
+        .map(AnyBackend::Redis)
+        .map_err(|source| ConnectError::Backend {
+            url: redact_password(url),
+            source: Box::new(source),
+        }),
         BackendKind::Rpc => match broker {
             AnyBroker::Amqp(amqp) => Ok(AnyBackend::Rpc(RpcBackend::new(amqp))),
             other => Err(ConnectError::RpcNeedsAmqp {

@@ -121,3 +121,68 @@ async fn a_claim_held_by_another_worker_is_not_taken() {
         "cleanup by a non-holder changes nothing"
     );
 }
+
+async fn key_type(key: &str) -> String {
+    redis::cmd("TYPE")
+        .arg(key)
+        .query_async(&mut raw().await)
+        .await
+        .expect("TYPE")
+}
+
+#[tokio::test]
+async fn unordered_chords_keep_their_results_in_a_list_in_arrival_order() {
+    let backend = connect(
+        RedisBackendConfig::new(redis_url())
+            .result_expires(Some(60))
+            .result_chord_ordered(false),
+    )
+    .await;
+    let group = task_id();
+    let (first, second, third) = (task_id(), task_id(), task_id());
+    backend.set_chord_size(&group, 3).await.expect("size");
+    for (id, index, value) in [(&third, 2, "30"), (&first, 0, "10")] {
+        let returned = backend
+            .chord_part_return(&part(&group, id, index, value))
+            .await;
+        assert_eq!(returned.expect("part return"), PartReturn::Waiting);
+    }
+    assert_eq!(
+        key_type(&format!("celery-taskset-meta-{group}.j")).await,
+        "list"
+    );
+    let PartReturn::Claimed(claim) = backend
+        .chord_part_return(&part(&group, &second, 1, "20"))
+        .await
+        .expect("part return")
+    else {
+        panic!("the last part claims the body");
+    };
+    assert_eq!(claim.body_argument(), Ok(json!([30, 10, 20])));
+}
+
+#[tokio::test]
+async fn an_ordered_worker_follows_a_chord_another_worker_keeps_in_a_list() {
+    let config = RedisBackendConfig::new(redis_url()).result_expires(Some(60));
+    let unordered = connect(config.clone().result_chord_ordered(false)).await;
+    let ordered = connect(config).await;
+    let group = task_id();
+    let (first, second) = (task_id(), task_id());
+    ordered.set_chord_size(&group, 2).await.expect("size");
+    let returned = unordered
+        .chord_part_return(&part(&group, &second, 1, "2"))
+        .await;
+    assert_eq!(returned.expect("part return"), PartReturn::Waiting);
+    let PartReturn::Claimed(claim) = ordered
+        .chord_part_return(&part(&group, &first, 0, "1"))
+        .await
+        .expect("an ordered worker records into the list rather than failing on its type")
+    else {
+        panic!("the last part claims the body");
+    };
+    assert_eq!(claim.body_argument(), Ok(json!([2, 1])));
+    assert_eq!(
+        key_type(&format!("celery-taskset-meta-{group}.j")).await,
+        "list"
+    );
+}

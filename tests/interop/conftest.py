@@ -1,9 +1,10 @@
-"""Fixtures for the interoperability tests: a real `celeriac worker` on the machine's Redis,
-serving the example components, and an unmodified Celery client pointed at it.
+"""Fixtures for the interoperability tests: a real `celeriac worker` on the machine's Redis
+(or RabbitMQ), serving the example components, and an unmodified Celery client pointed at it.
 
-Each test session uses its own queue, so nothing else on the Redis server is touched. Tests
-that need a worker of their own (other options, or started only after messages are queued)
-start one with `start_celeriac_worker` on a `unique_queue`.
+Each test module uses its own queue, so nothing else on the servers is touched. Tests that
+need a worker of their own (other options, or started only after messages are queued) start
+one with `start_celeriac_worker` on a `unique_queue`. The broker is the `broker` fixture:
+Redis, unless a module runs on every broker (`every_broker.py`). Results always go to Redis.
 """
 
 import os
@@ -17,6 +18,7 @@ import threading
 import time
 import uuid
 
+import kombu
 import pytest
 import redis
 from celery import Celery
@@ -25,12 +27,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CELERIAC = ROOT / "target" / "release" / "celeriac"
 TASKS = ROOT / "target" / "wasm-tasks"
 REDIS_URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("CELERIAC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 READY_TIMEOUT = 90
 STOP_TIMEOUT = 30
 #: kombu's Redis transport keeps priority 3, 6 and 9 messages of queue `q` in the lists
 #: `q\x06\x163`, `q\x06\x166`, `q\x06\x169`, next to `q` for 0 (its default `sep`, `priority_steps`).
 PRIORITY_SEP = "\x06\x16"
 
+
+#: The environment variable through which tests/interop/configured_tasks.py gives a Python
+#: worker extra Celery settings (a JSON object); not `CELERY_*`, which worker_env drops.
+PYTHON_WORKER_SETTINGS = "INTEROP_CELERY_SETTINGS"
 
 #: Seconds a test waits for a result or a condition.
 TIMEOUT = 30
@@ -248,39 +255,122 @@ def start_redis(tmp_path):
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def task_queue():
-    return f"interop-{uuid.uuid4()}"
+class Broker:
+    """A broker the tests run on: its URL, the environment and clients that use it (with
+    results in the test Redis unless told otherwise), and how its queues are deleted."""
+
+    def __init__(self, name, url):
+        self.name = name
+        self.url = url
+
+    def __repr__(self):
+        return self.name
+
+    def env(self, backend=REDIS_URL):
+        """A worker's environment overrides for this broker and `backend`."""
+        return {"CELERY_BROKER_URL": self.url, "CELERY_RESULT_BACKEND": backend}
+
+    def client(self, task_queue, backend=REDIS_URL, **settings):
+        """An unmodified Celery client sending to `task_queue`, with extra `settings`."""
+        client = Celery("interop", broker=self.url, backend=backend)
+        client.conf.task_default_queue = task_queue
+        client.conf.result_expires = 600
+        client.conf.update(settings)
+        return client
+
+
+class RedisBroker(Broker):
+    def delete_queues(self, names):
+        """Deletes each queue's lists (every priority) and its kombu binding."""
+        client = redis.Redis.from_url(self.url)
+        try:
+            for name in names:
+                client.delete(name, *(f"{name}{PRIORITY_SEP}{step}" for step in (3, 6, 9)),
+                              f"_kombu.binding.{name}")
+        finally:
+            client.close()
+
+
+class RabbitBroker(Broker):
+    def delete_queues(self, names):
+        """Deletes each queue and the direct exchange Celery declares beside it."""
+        with kombu.Connection(self.url) as connection:
+            channel = connection.default_channel
+            for name in names:
+                channel.queue_delete(name)
+                channel.exchange_delete(name)
+
+
+REDIS = RedisBroker("redis", REDIS_URL)
+RABBITMQ = RabbitBroker("rabbitmq", AMQP_URL)
+
+
+@pytest.fixture(scope="module")
+def broker():
+    """The broker of a module's workers and clients: Redis. A module imports
+    `every_broker.on_every_broker` to run on RabbitMQ as well."""
+    return REDIS
+
+
+@pytest.fixture(scope="module")
+def make_queue(broker):
+    """Makes queue names no other test uses (`make_queue(prefix="interop")`); they are
+    deleted from the broker when the module (or its broker) is done."""
+    names = []
+
+    def make(prefix="interop"):
+        name = f"{prefix}-{uuid.uuid4()}"
+        names.append(name)
+        return name
+
+    yield make
+    broker.delete_queues(names)
+
+
+@pytest.fixture(scope="module")
+def task_queue(make_queue):
+    return make_queue()
+
+
+def queue_for_one_test(broker, prefix):
+    """Yields a queue name no other test uses, then deletes the queue from `broker`."""
+    name = f"{prefix}-{uuid.uuid4()}"
+    yield name
+    broker.delete_queues([name])
 
 
 @pytest.fixture
-def unique_queue(redis_client):
-    """A queue name no other test uses; its lists and kombu binding are deleted after the
-    test."""
-    name = f"interop-{uuid.uuid4()}"
-    yield name
-    redis_client.delete(
-        name, *(f"{name}{PRIORITY_SEP}{step}" for step in (3, 6, 9)), f"_kombu.binding.{name}"
-    )
+def unique_queue(broker):
+    """A queue name no other test uses, on the module's broker; deleted after the test."""
+    yield from queue_for_one_test(broker, "interop")
 
 
-@pytest.fixture(scope="session")
-def celeriac_worker(task_queue):
+@pytest.fixture
+def rabbitmq_queue():
+    """A queue name no other test uses, on RabbitMQ whatever the module's broker; the queue
+    and its exchange are deleted after the test."""
+    yield from queue_for_one_test(RABBITMQ, "interop-amqp")
+
+
+@pytest.fixture(scope="module")
+def celeriac_worker(task_queue, broker):
     """A `celeriac worker` consuming `task_queue`; its log lines are kept for assertions."""
-    worker = start_celeriac(task_queue)
+    worker = start_celeriac(task_queue, env_overrides=broker.env())
     yield worker.log
     worker.stop()
 
 
 @pytest.fixture
-def start_celeriac_worker():
-    """Starts extra workers for one test: `start_celeriac_worker(queue, *options, **kw)`
-    takes `start_celeriac`'s arguments and returns a ready `WorkerProcess`; every worker it
-    started is stopped when the test ends."""
+def start_celeriac_worker(broker):
+    """Starts extra workers for one test on the module's broker: `start_celeriac_worker(queue,
+    *options, **kw)` takes `start_celeriac`'s arguments (`env_overrides` on top of the
+    broker's) and returns a ready `WorkerProcess`; every worker it started is stopped when
+    the test ends."""
     started = []
 
-    def start(task_queue, *options, **kw):
-        worker = start_celeriac(task_queue, *options, **kw)
+    def start(task_queue, *options, env_overrides=None, **kw):
+        env = {**broker.env(), **(env_overrides or {})}
+        worker = start_celeriac(task_queue, *options, env_overrides=env, **kw)
         started.append(worker)
         return worker
 
@@ -289,17 +379,14 @@ def start_celeriac_worker():
         worker.stop()
 
 
-@pytest.fixture(scope="session")
-def make_client(task_queue):
-    """Builds Celery clients on the test Redis sending to `task_queue`, each with extra
+@pytest.fixture(scope="module")
+def make_client(task_queue, broker):
+    """Builds Celery clients on the module's broker sending to `task_queue`, each with extra
     settings (`make_client(accept_content=[...])`); they are closed at the end."""
     clients = []
 
     def make(**settings):
-        client = Celery("interop", broker=REDIS_URL, backend=REDIS_URL)
-        client.conf.task_default_queue = task_queue
-        client.conf.result_expires = 600
-        client.conf.update(settings)
+        client = broker.client(task_queue, **settings)
         clients.append(client)
         return client
 
@@ -310,13 +397,13 @@ def make_client(task_queue):
 
 @pytest.fixture(scope="session")
 def redis_client():
-    """A plain redis-py client on the test Redis, to look at what a client queued."""
+    """A plain redis-py client on the test Redis, to look at what a client queued or stored."""
     client = redis.Redis.from_url(REDIS_URL)
     yield client
     client.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app(make_client):
-    """An unmodified Celery client on the same Redis, sending to the worker's queue."""
+    """An unmodified Celery client on the module's broker, sending to the worker's queue."""
     return make_client()

@@ -3,55 +3,40 @@ result backend and through `rpc://`, failures, unknown tasks, retries, and prior
 queue declared with `x-max-priority`. Every queue a test declares (and the exchange Celery
 declares beside it) is deleted afterwards."""
 
-import os
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import kombu
 import pytest
-from celery import Celery
 from celery.exceptions import NotRegistered, TaskRevokedError
 
-from conftest import REDIS_URL, start_celeriac
+from conftest import AMQP_URL, RABBITMQ, REDIS_URL, start_celeriac
 
-AMQP_URL = os.environ.get("CELERIAC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 TIMEOUT = 20
 #: What the worker logs when a queue exists with other arguments than it declares.
 DECLARED_OTHERWISE = "consuming it as it is"
 
 
 @pytest.fixture(scope="module")
-def amqp_queue():
-    """Makes queue names for the module (`amqp_queue()`); at the end each queue and its
-    exchange are deleted."""
-    names = []
+def broker():
+    """Every test here is about RabbitMQ."""
+    return RABBITMQ
 
-    def make():
-        name = f"interop-amqp-{uuid.uuid4()}"
-        names.append(name)
-        return name
 
-    yield make
-    with kombu.Connection(AMQP_URL) as connection:
-        channel = connection.default_channel
-        for name in names:
-            channel.queue_delete(name)
-            channel.exchange_delete(name)
+@pytest.fixture(scope="module")
+def amqp_queue(make_queue):
+    """Makes queue names for the module (`amqp_queue()`); each queue and its exchange are
+    deleted at the end."""
+    return lambda: make_queue("interop-amqp")
 
 
 def amqp_client(task_queue, backend, **settings):
     """A Celery client on the test RabbitMQ sending to `task_queue`, results from `backend`."""
-    client = Celery("interop-amqp", broker=AMQP_URL, backend=backend)
-    client.conf.task_default_queue = task_queue
-    client.conf.result_expires = 600
-    client.conf.update(settings)
-    return client
+    return RABBITMQ.client(task_queue, backend, **settings)
 
 
 def start_amqp_worker(task_queue, backend, *options, **kw):
     """`celeriac worker` on the test RabbitMQ, storing results in `backend`."""
-    env = {"CELERY_BROKER_URL": AMQP_URL, "CELERY_RESULT_BACKEND": backend}
-    return start_celeriac(task_queue, *options, env_overrides=env, **kw)
+    return start_celeriac(task_queue, *options, env_overrides=RABBITMQ.env(backend), **kw)
 
 
 @pytest.fixture(scope="module", params=["redis", "rpc"])

@@ -14,9 +14,9 @@ import kombu
 import pytest
 from celery import Celery
 
-from conftest import start_celeriac
+from conftest import AMQP_URL, start_celeriac
 from rabbit import RabbitNode
-from test_amqp import AMQP_URL, start_amqp_worker
+from test_amqp import amqp_client, start_amqp_worker
 from test_resilience import (  # noqa: F401 (start_python_worker is a fixture)
     run_1000_adds_on_both,
     start_python_worker,
@@ -24,23 +24,6 @@ from test_resilience import (  # noqa: F401 (start_python_worker is a fixture)
     wait_for_results,
     wait_until,
 )
-
-
-@pytest.fixture
-def amqp_task_queue():
-    """A fresh queue name; the queue and its exchange are deleted afterwards."""
-    name = f"resilience-amqp-{uuid.uuid4()}"
-    yield name
-    with kombu.Connection(AMQP_URL) as connection:
-        channel = connection.default_channel
-        channel.queue_delete(name)
-        channel.exchange_delete(name)
-
-
-def amqp_client(task_queue, backend):
-    app = Celery("amqp-resilience", broker=AMQP_URL, backend=backend)
-    app.conf.task_default_queue = task_queue
-    return app
 
 
 def messages_left(task_queue):
@@ -52,22 +35,22 @@ def messages_left(task_queue):
 
 
 def test_a_python_and_a_celeriac_worker_sharing_an_amqp_queue_run_each_task_exactly_once(
-    start_redis, amqp_task_queue, start_python_worker
+    start_redis, rabbitmq_queue, start_python_worker
 ):
     backend = start_redis()
-    celeriac = start_amqp_worker(amqp_task_queue, backend.url, concurrency=4)
-    python = start_python_worker(amqp_task_queue, AMQP_URL, backend.url)
-    app = amqp_client(amqp_task_queue, backend.url)
+    celeriac = start_amqp_worker(rabbitmq_queue, backend.url, concurrency=4)
+    python = start_python_worker(rabbitmq_queue, AMQP_URL, backend.url)
+    app = amqp_client(rabbitmq_queue, backend.url)
 
     run_1000_adds_on_both(app, backend, celeriac, python)
-    assert messages_left(amqp_task_queue) == 0
+    assert messages_left(rabbitmq_queue) == 0
 
 
-def test_the_tasks_a_killed_celeriac_worker_held_on_amqp_come_back_at_once(start_redis, amqp_task_queue):
+def test_the_tasks_a_killed_celeriac_worker_held_on_amqp_come_back_at_once(start_redis, rabbitmq_queue):
     backend = start_redis()
     concurrency = 4
-    first = start_amqp_worker(amqp_task_queue, backend.url, "--acks-late", concurrency=concurrency)
-    app = amqp_client(amqp_task_queue, backend.url)
+    first = start_amqp_worker(rabbitmq_queue, backend.url, "--acks-late", concurrency=concurrency)
+    app = amqp_client(rabbitmq_queue, backend.url)
     expected = {app.send_task("tasks.sleep", args=(0.1,)).id: 0.1 for _ in range(200)}
 
     wait_until(lambda: len(first.task_ids("succeeded")) >= 40, "40 tasks to succeed", first)
@@ -75,7 +58,7 @@ def test_the_tasks_a_killed_celeriac_worker_held_on_amqp_come_back_at_once(start
     done_before = set(stored_results(backend, list(expected)))
     started_by_first = set(first.task_ids("received"))
 
-    second = start_amqp_worker(amqp_task_queue, backend.url, "--acks-late", concurrency=concurrency)
+    second = start_amqp_worker(rabbitmq_queue, backend.url, "--acks-late", concurrency=concurrency)
     wait_for_results(backend, expected, second)
     second.stop()
 
@@ -86,7 +69,7 @@ def test_the_tasks_a_killed_celeriac_worker_held_on_amqp_come_back_at_once(start
     # (concurrency x the default multiplier 4), and at least one task it had in hand.
     twice = set(reruns) & started_by_first
     assert 0 < len(twice) <= concurrency * 4, f"{len(twice)} tasks ran in both workers"
-    assert messages_left(amqp_task_queue) == 0
+    assert messages_left(rabbitmq_queue) == 0
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ import pytest
 from celery import Celery
 from celery.exceptions import TaskRevokedError
 
-from conftest import REDIS_URL, ROOT, TASKS, WorkerProcess, worker_env
-from test_amqp import AMQP_URL
+from conftest import AMQP_URL, REDIS_URL, ROOT, TASKS, WorkerProcess, worker_env
 
 CELERY = ROOT / "target" / "interop-venv" / "bin" / "celery"
 TIMEOUT = 20

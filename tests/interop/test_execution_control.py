@@ -1,10 +1,13 @@
-"""Execution control seen from an unmodified Celery 5.7 client: retries (explicit, past
-max_retries, autoretry with backoff), countdown, hard and soft time limits (from the message
-and from the worker's flags), per-task rate limits, and ids revoked in a `--statedb` file.
-Expired messages are covered in test_task_states.py; revoke itself (which needs the
-remote-control broadcast) in the Rust worker tests."""
+"""Execution control seen from an unmodified Celery 5.7 client, on Redis and on RabbitMQ:
+retries (explicit, past max_retries, autoretry with backoff), countdown, hard and soft time
+limits (from the message and from the worker's flags), per-task rate limits, and ids revoked
+in a `--statedb` file, and the REVOKED document of a message that expired while it waited,
+compared with a Python worker's. Messages expired on arrival are covered in
+test_task_states.py; revoke itself (which needs the remote-control broadcast) in the Rust
+worker tests and test_control.py."""
 
 import datetime as dt
+import json
 import re
 import time
 
@@ -12,7 +15,9 @@ import pytest
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.exceptions import MaxRetriesExceededError, TaskRevokedError
 
-from conftest import TIMEOUT, wait_until
+from conftest import REDIS_URL, TIMEOUT, wait_until
+from every_broker import on_every_broker  # noqa: F401  (the `broker` fixture: Redis, RabbitMQ)
+from test_resilience import start_python_worker  # noqa: F401  (a fixture)
 
 
 def lines_about(log, task_id):
@@ -176,3 +181,35 @@ def test_ids_in_the_statedb_are_revoked_at_start(own_worker, tmp_path):
     worker.stop()
     # Saved again at shutdown, with the id still there.
     assert revoked_id in statedb.read_text()
+
+
+def expired_while_waiting(client, redis_client):
+    """The REVOKED document stored for a message of a group, with a parent and a root, that
+    expires (after 1 s) while it waits for its countdown (2 s); the fields that differ
+    between runs and workers are named, not given."""
+    result = client.send_task(
+        "tasks.add", args=(1, 2), countdown=2, expires=1, group_id="revoked-group", group_index=0,
+        parent_id="revoked-parent", root_id="revoked-root",
+    )
+    with pytest.raises(TaskRevokedError, match="expired"):
+        result.get(timeout=TIMEOUT)
+    stored = json.loads(redis_client.get(f"celery-task-meta-{result.id}"))
+    varying = {"task_id": "<id>", "date_done": "<date>", "worker": "<worker>"}
+    return {key: varying.get(key, value) for key, value in stored.items()}
+
+
+def test_a_revoked_result_carries_the_request_fields_a_python_worker_stores(
+    own_worker, broker, unique_queue, redis_client, start_python_worker,  # noqa: F811
+):
+    worker, client = own_worker("--result-extended")
+    by_celeriac = expired_while_waiting(client, redis_client)
+    worker.stop()
+    start_python_worker(unique_queue, broker.url, REDIS_URL, result_extended=True)
+    assert expired_while_waiting(client, redis_client) == by_celeriac
+    assert by_celeriac == {
+        "status": "REVOKED", "traceback": None, "children": [], "date_done": "<date>", "task_id": "<id>",
+        "result": {"exc_type": "TaskRevokedError", "exc_message": ["expired"],
+                   "exc_module": "celery.exceptions"},
+        "group_id": "revoked-group", "parent_id": "revoked-parent", "name": "tasks.add", "args": [1, 2],
+        "kwargs": {}, "worker": "<worker>", "retries": 0, "queue": unique_queue,
+    }

@@ -7,6 +7,8 @@ the server-wide `unacked` hash, and a restart must never hit the shared server.
 
 import collections
 import json
+import os
+import pathlib
 import subprocess
 import time
 import uuid
@@ -15,9 +17,10 @@ import pytest
 import redis
 from celery import Celery
 
-from conftest import ROOT, WorkerProcess, worker_env
+from conftest import PYTHON_WORKER_SETTINGS, ROOT, WorkerProcess, worker_env
 
 CELERY = ROOT / "target" / "interop-venv" / "bin" / "celery"
+INTEROP = pathlib.Path(__file__).resolve().parent
 RESULTS_TIMEOUT = 30
 #: What a lost Redis connection looks like in the worker's log.
 CONNECTION_ERRORS = ("Connection refused", "Connection reset by peer", "broken pipe")
@@ -26,15 +29,19 @@ CONNECTION_ERRORS = ("Connection refused", "Connection reset by peer", "broken p
 @pytest.fixture
 def start_python_worker():
     """Starts `celery -A tasks worker` (examples/python/tasks.py, thread pool of 2) for one
-    test: `start_python_worker(queue, broker_url, backend_url=broker_url)`; every worker it
-    started is stopped at the end."""
+    test: `start_python_worker(queue, broker_url, backend_url=broker_url, **settings)`, with
+    extra Celery `settings` (through configured_tasks.py); every worker it started is stopped
+    at the end."""
     started = []
 
-    def start(task_queue, url, backend=None):
-        argv = [str(CELERY), "-A", "tasks", "-b", url, "--result-backend", backend or url, "worker",
+    def start(task_queue, url, backend=None, **settings):
+        app = "configured_tasks" if settings else "tasks"
+        argv = [str(CELERY), "-A", app, "-b", url, "--result-backend", backend or url, "worker",
                 "-P", "threads", "-c", "2", "-Q", task_queue, "-n", f"py-{uuid.uuid4().hex[:8]}@%h",
                 "-l", "info"]
-        env = worker_env({"PYTHONPATH": str(ROOT / "examples" / "python"), "PYTHONUNBUFFERED": "1"})
+        python_path = os.pathsep.join(str(path) for path in (ROOT / "examples" / "python", INTEROP))
+        env = worker_env({"PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1",
+                          PYTHON_WORKER_SETTINGS: json.dumps(settings)})
         worker = WorkerProcess("celery worker", argv, env)
         started.append(worker)
         return worker.wait_ready()

@@ -7,7 +7,13 @@
 //! effects must match Celery's, so a 5.7 Python worker and celeriac can share one chord.
 //! It is also a superset of 5.6's join (`ZADD .j`, count against `.s` + `.t`), so a chord
 //! applied by a 5.6 client works too.
+//!
+//! `.j` is a sorted set scored by group index (results in header order), or, as Celery
+//! keeps it with `result_backend_transport_options={"result_chord_ordered": False}`, a
+//! list in arrival order. Whichever worker records the first part decides; the others
+//! follow the type they find, so a fleet with either setting shares chords.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use ::redis::Script;
@@ -81,8 +87,67 @@ pub struct ChordClaim {
     pub group_id: String,
     /// Proves the claim is ours (`.c` holds it).
     pub token: String,
-    /// The header results, in group-index order.
+    /// The header results, in group-index order (in arrival order when `.j` is a list).
     pub results: Vec<HeaderResult>,
+    /// The header's result tuples when a member is itself a group: Celery's client then
+    /// saves the header's `GroupResult` (`apply_chord`), and the body gets each nested
+    /// group's results as a list, in this order. `None` for a flat header.
+    pub layout: Option<Vec<Value>>,
+}
+
+impl ChordClaim {
+    /// The body's argument, as Celery's join builds it, or the reason the chord fails
+    /// (the `ChordError` text): the first failed part of a flat header is a
+    /// "Dependency <id> raised <exc>"; a failure met while joining a nested header is a
+    /// "Join error: <exc>", as `GroupResult.join_native` raises it.
+    pub fn body_argument(&self) -> Result<Value, String> {
+        let Some(layout) = &self.layout else {
+            if let Some(failed) = self.results.iter().find(|result| result.failed()) {
+                return Err(format!(
+                    "Dependency {} raised {}",
+                    failed.task_id,
+                    exception_repr(&failed.value)
+                ));
+            }
+            return Ok(Value::Array(
+                self.results.iter().map(|r| r.value.clone()).collect(),
+            ));
+        };
+        let parts: HashMap<&str, &HeaderResult> = self
+            .results
+            .iter()
+            .map(|result| (result.task_id.as_str(), result))
+            .collect();
+        layout
+            .iter()
+            .map(|node| joined_value(node, &parts))
+            .collect::<Result<_, _>>()
+            .map(Value::Array)
+    }
+}
+
+/// The value of one result tuple of a saved `GroupResult`: a task's result, or the list
+/// of a nested group's values.
+fn joined_value(node: &Value, parts: &HashMap<&str, &HeaderResult>) -> Result<Value, String> {
+    if let Some(Value::Array(members)) = node.get(1) {
+        return members
+            .iter()
+            .map(|member| joined_value(member, parts))
+            .collect::<Result<_, _>>()
+            .map(Value::Array);
+    }
+    let task_id = node
+        .get(0)
+        .and_then(|id_and_parent| id_and_parent.get(0))
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("Join error: malformed header result {node}"))?;
+    match parts.get(task_id) {
+        Some(part) if part.failed() => Err(format!("Join error: {}", exception_repr(&part.value))),
+        Some(part) => Ok(part.value.clone()),
+        None => Err(format!(
+            "Join error: no result recorded for header task {task_id}"
+        )),
+    }
 }
 
 /// One decoded entry of `.j`.
@@ -134,16 +199,28 @@ impl ChordKeys {
 }
 
 /// KEYS: .j .t .s .d group .c. ARGV: member id (`tid:score`), encoded part, score,
-/// chord expiry, group-meta expiry, claim expiry, claim token.
-/// Returns {readycount, totaldiff, size (-1 if unset), claimed}, or {-1, 0, -1, 0} when
-/// the chord fired already.
+/// chord expiry, group-meta expiry, claim expiry, claim token, `1` to start `.j` as a
+/// sorted set (`0`: a list).
+/// Returns {readycount, totaldiff, size (-1 if unset), claimed, 1 if `.j` is a list}, or
+/// {-1, 0, -1, 0, 0} when the chord fired already.
 const PART_RETURN: &str = r#"
-if redis.call('GET', KEYS[6]) == 'done' then return {-1, 0, -1, 0} end
+if redis.call('GET', KEYS[6]) == 'done' then return {-1, 0, -1, 0, 0} end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local listed = kind == 'list' or (kind == 'none' and ARGV[8] == '0')
 if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  if listed then
+    redis.call('RPUSH', KEYS[1], ARGV[2])
+  else
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  end
   redis.call('SADD', KEYS[4], ARGV[1])
 end
-local ready = redis.call('ZCOUNT', KEYS[1], '-inf', '+inf')
+local ready
+if listed then
+  ready = redis.call('LLEN', KEYS[1])
+else
+  ready = redis.call('ZCOUNT', KEYS[1], '-inf', '+inf')
+end
 local expires = tonumber(ARGV[4])
 if expires > 0 then
   for i = 1, 4 do redis.call('EXPIRE', KEYS[i], expires) end
@@ -156,7 +233,7 @@ local claimed = 0
 if size and ready == size + total then
   if redis.call('SET', KEYS[6], ARGV[7], 'NX', 'EX', ARGV[6]) then claimed = 1 end
 end
-return {ready, total, size or -1, claimed}
+return {ready, total, size or -1, claimed, listed and 1 or 0}
 "#;
 
 /// KEYS: .c .s. ARGV: token, seconds. Extends our claim, or takes it again if it lapsed
@@ -197,6 +274,9 @@ pub(super) struct RedisChords<'a> {
     pub prefix: &'a str,
     /// `result_expires` in seconds (0: none), also the chord keys' expiry.
     pub expires: u64,
+    /// Celery's `result_chord_ordered`: a chord this worker starts keeps its results in
+    /// header order (a sorted set) rather than in arrival order (a list).
+    pub ordered: bool,
 }
 
 impl RedisChords<'_> {
@@ -219,7 +299,7 @@ impl RedisChords<'_> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let score = part.score();
         let mut conn = self.conn.clone();
-        let (ready, _total, _size, claimed): (i64, i64, i64, i64) = PART_RETURN_SCRIPT
+        let (ready, _total, _size, claimed, listed): (i64, i64, i64, i64, i64) = PART_RETURN_SCRIPT
             .key(keys.suffixed("j"))
             .key(keys.suffixed("t"))
             .key(keys.suffixed("s"))
@@ -233,6 +313,7 @@ impl RedisChords<'_> {
             .arg(self.expires)
             .arg(CLAIM_EXPIRES_SECS)
             .arg(&token)
+            .arg(u8::from(self.ordered))
             .invoke_async(&mut conn)
             .await
             .map_err(self.error("chord part return", part.group_id))?;
@@ -242,19 +323,23 @@ impl RedisChords<'_> {
         if claimed != 1 {
             return Ok(PartReturn::Waiting);
         }
-        let nested: bool = ::redis::cmd("EXISTS")
+        let saved_group: Option<String> = ::redis::cmd("GET")
             .arg(&keys.group)
             .query_async(&mut conn)
             .await
             .map_err(self.error("chord group lookup", part.group_id))?;
-        if nested {
-            tracing::warn!(
-                "chord {}: the header has nested groups (group meta saved); joining its \
-                 flattened results",
-                part.group_id
-            );
-        }
-        let entries: Vec<String> = ::redis::cmd("ZRANGE")
+        let layout = saved_group.and_then(|text| {
+            let layout = saved_members(&text);
+            if layout.is_none() {
+                tracing::error!(
+                    "chord {}: unreadable saved header {text:?}; joining it flat",
+                    part.group_id
+                );
+            }
+            layout
+        });
+        let read = if listed == 1 { "LRANGE" } else { "ZRANGE" };
+        let entries: Vec<String> = ::redis::cmd(read)
             .arg(keys.suffixed("j"))
             .arg(0)
             .arg(-1)
@@ -275,6 +360,7 @@ impl RedisChords<'_> {
             group_id: part.group_id.to_owned(),
             token,
             results,
+            layout,
         }))
     }
 
@@ -325,9 +411,18 @@ impl RedisChords<'_> {
     }
 }
 
-/// The chord's results as the body's argument: the values, in header order.
-pub fn body_argument(results: &[HeaderResult]) -> Value {
-    Value::Array(results.iter().map(|r| r.value.clone()).collect())
+/// The member result tuples of a saved group meta document,
+/// `{"result": [[gid, parent], [member tuples…]], …}`.
+fn saved_members(text: &str) -> Option<Vec<Value>> {
+    match from_kombu_json(text)
+        .ok()?
+        .get_mut("result")?
+        .get_mut(1)?
+        .take()
+    {
+        Value::Array(members) => Some(members),
+        _ => None,
+    }
 }
 
 /// Python's `repr` of an exception dict (`ValueError('hdr', 42)`), for ChordError texts.
@@ -380,6 +475,56 @@ mod tests {
         assert!(bad.failed());
         assert_eq!(exception_repr(&bad.value), "ValueError('hdr', 42)");
         assert_eq!(HeaderResult::decode("[1, 2]"), None);
-        assert_eq!(body_argument(&[ok.clone(), ok]), json!([[1, 2], [1, 2]]));
+        let claim = |results: Vec<HeaderResult>, layout: Option<Value>| ChordClaim {
+            group_id: "g".into(),
+            token: "t".into(),
+            results,
+            layout: layout.map(|layout| layout.as_array().cloned().expect("a list")),
+        };
+        assert_eq!(
+            claim(vec![ok.clone(), ok.clone()], None).body_argument(),
+            Ok(json!([[1, 2], [1, 2]]))
+        );
+        assert_eq!(
+            claim(vec![ok.clone(), bad.clone()], None).body_argument(),
+            Err("Dependency t2 raised ValueError('hdr', 42)".to_owned())
+        );
+        let nested = json!([
+            [
+                ["g2", [["c1", null], null]],
+                [[["t1", null], null], [["t3", null], null]]
+            ],
+            [["t4", null], null]
+        ]);
+        let part = |id: &str, value: Value| HeaderResult {
+            task_id: id.into(),
+            state: "SUCCESS".into(),
+            value,
+        };
+        let parts = vec![
+            part("t3", json!(22)),
+            part("t4", json!(6)),
+            part("t1", json!(12)),
+        ];
+        assert_eq!(
+            claim(parts, Some(nested.clone())).body_argument(),
+            Ok(json!([[12, 22], 6]))
+        );
+        let failing = vec![
+            part("t4", json!(6)),
+            part("t1", json!(12)),
+            HeaderResult {
+                task_id: "t3".into(),
+                ..bad
+            },
+        ];
+        assert_eq!(
+            claim(failing, Some(nested)).body_argument(),
+            Err("Join error: ValueError('hdr', 42)".to_owned())
+        );
+        assert_eq!(
+            saved_members(r#"{"result": [["g", null], [[["t4", null], null]]]}"#),
+            Some(vec![json!([["t4", null], null])])
+        );
     }
 }

@@ -31,6 +31,7 @@
 //! | `result_expires` | 86400 s | TTL of each document (`SETEX`); `None` or 0: no expiry (`SET`) |
 //! | `result_failure_expires` | `None` | TTL of FAILURE documents instead of `result_expires` (5.7) |
 //! | `global_keyprefix` | `None` | prefix of every key and channel; `_` is appended unless it ends in `:`, `_`, `-` or `.` |
+//! | `result_chord_ordered` | true | a chord's header results kept in header order (sorted set), else in arrival order (list) |
 //! | `connect_timeout` | 5 s | limit on each connection attempt |
 
 use std::time::Duration;
@@ -63,11 +64,14 @@ pub struct RedisBackendConfig {
     global_keyprefix: String,
     /// Limit on each connection attempt.
     connect_timeout: Duration,
+    /// Celery's `result_chord_ordered` transport option.
+    result_chord_ordered: bool,
 }
 
 impl RedisBackendConfig {
     /// Options for the server at `url`, with these defaults: `result_expires` 86400 s,
-    /// no `result_failure_expires`, no `global_keyprefix`, `connect_timeout` 5 s.
+    /// no `result_failure_expires`, no `global_keyprefix`, `connect_timeout` 5 s, chord
+    /// results in header order.
     pub fn new(url: impl Into<String>) -> RedisBackendConfig {
         RedisBackendConfig {
             url: url.into(),
@@ -75,6 +79,7 @@ impl RedisBackendConfig {
             result_failure_expires: None,
             global_keyprefix: String::new(),
             connect_timeout: Duration::from_secs(5),
+            result_chord_ordered: true,
         }
     }
 
@@ -94,6 +99,13 @@ impl RedisBackendConfig {
     /// Sets Celery's `global_keyprefix` transport option.
     pub fn global_keyprefix(mut self, prefix: &str) -> RedisBackendConfig {
         self.global_keyprefix = normalize_prefix(prefix);
+        self
+    }
+
+    /// Sets Celery's `result_chord_ordered` transport option: false keeps the results of
+    /// the chords this worker starts in a list, in arrival order, as Celery then does.
+    pub fn result_chord_ordered(mut self, ordered: bool) -> RedisBackendConfig {
+        self.result_chord_ordered = ordered;
         self
     }
 
@@ -197,6 +209,7 @@ impl RedisBackend {
             conn: self.conn.clone(),
             prefix: &self.config.global_keyprefix,
             expires: self.config.result_expires.unwrap_or(0),
+            ordered: self.config.result_chord_ordered,
         }
     }
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use celeriac::backend::{ResultBackend, ResultState};
 use celeriac::broker::{Broker, Outgoing};
-use celeriac::connect::{BackendKind, BrokerOptions, backend_kind};
+use celeriac::connect::{BackendKind, BackendOptions, BrokerOptions, backend_kind};
 use celeriac::protocol::kombu_json::from_kombu_json;
 use celeriac::protocol::{OutgoingTask, Timestamp};
 use celeriac::worker::now_micros;
@@ -72,7 +72,7 @@ async fn run(args: CallArgs) -> anyhow::Result<i32> {
         .await?;
     // Connect to the backend before publishing, so a result is never missed by a late wait.
     let backend = match &backend_url {
-        Some(url) => Some(connect_backend(url, &broker).await?),
+        Some(url) => Some(connect_backend(url, &broker, &BackendOptions::default()).await?),
         None => None,
     };
     broker

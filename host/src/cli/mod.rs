@@ -144,8 +144,12 @@ impl ConnectionOpts {
 }
 
 /// Connects to the result backend at `url` (`rpc://` uses `broker`'s connection).
-pub async fn connect_backend(url: &str, broker: &AnyBroker) -> anyhow::Result<AnyBackend> {
-    Ok(connect::connect_backend(url, broker).await?)
+pub async fn connect_backend(
+    url: &str,
+    broker: &AnyBroker,
+    options: &connect::BackendOptions,
+) -> anyhow::Result<AnyBackend> {
+    Ok(connect::connect_backend(url, broker, options).await?)
 }
 
 /// Where tasks come from, shared by the commands that load components.

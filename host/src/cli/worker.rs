@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac::broker::RedisOptions;
-use celeriac::connect::{AnyBroker, BrokerOptions};
+use celeriac::connect::{AnyBroker, BackendOptions, BrokerOptions};
 use celeriac::control::ControlConfig;
 use celeriac::registry::Registry;
 use celeriac::sandbox::{EngineOptions, Sandbox, SandboxLimits};
@@ -70,6 +70,11 @@ pub struct WorkerArgs {
     /// own JSON format); %n is the node name, %h its host, %d the host's domain
     #[arg(long, value_name = "PATH")]
     pub statedb: Option<std::path::PathBuf>,
+    /// Redis result backend: keep the results of the chords this worker starts in header
+    /// order (false: in arrival order, as Celery with result_backend_transport_options
+    /// {'result_chord_ordered': False}); chords started by others are joined either way
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub result_chord_ordered: bool,
     /// Queue of callbacks, chain steps and errbacks without routing options (Celery's task_default_queue)
     #[arg(
         long,
@@ -179,7 +184,10 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
         options.amqp.consumer_timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
     }
     let broker = Arc::new(args.connection.connect_broker(options).await?);
-    let backend = Arc::new(connect_backend(&backend_url, &broker).await?);
+    let backend_options = BackendOptions {
+        result_chord_ordered: args.result_chord_ordered,
+    };
+    let backend = Arc::new(connect_backend(&backend_url, &broker, &backend_options).await?);
     let handle = match &args.statedb {
         Some(pattern) => {
             let path = node_format(&pattern.to_string_lossy(), &nodename);

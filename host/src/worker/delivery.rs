@@ -16,7 +16,7 @@ use crate::registry::TaskTable;
 
 use super::canvas::{self, Target};
 use super::clock;
-use super::execution::{Settle, TaskRun, routing_key, store};
+use super::execution::{Settle, TaskRun, routing_key, store, with_request};
 use super::reconnect::retrying;
 use super::run_loop::WorkerContext;
 
@@ -286,6 +286,7 @@ async fn discard_if_revoked<B: Broker, R: ResultBackend>(
                 exc_message: &reason,
             },
         );
+        let meta = with_request(worker, message, delivery, meta);
         // Celery acks a revoked message whether or not REVOKED could be written.
         let _ = store(&*worker.backend, &meta).await;
     }

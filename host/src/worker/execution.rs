@@ -59,6 +59,38 @@ pub async fn store<R: ResultBackend>(backend: &R, meta: &TaskMeta) -> Result<(),
     })
 }
 
+/// `meta` as Celery stores any state of a request (`_get_result_meta`): with the message's
+/// `group_id` and `parent_id`, and with `result_extended` the request's name, arguments,
+/// worker, retries and queue.
+pub fn with_request<B: Broker, R: ResultBackend>(
+    worker: &WorkerContext<B, R>,
+    message: &TaskMessage,
+    delivery: &Delivery,
+    meta: TaskMeta,
+) -> TaskMeta {
+    let meta = canvas::with_request_ids(meta, message);
+    if worker.config.result_extended {
+        meta.with_extended(extended_fields(worker, message, delivery))
+    } else {
+        meta
+    }
+}
+
+fn extended_fields<B: Broker, R: ResultBackend>(
+    worker: &WorkerContext<B, R>,
+    message: &TaskMessage,
+    delivery: &Delivery,
+) -> ExtendedFields {
+    ExtendedFields {
+        name: message.task.clone(),
+        args: Value::Array(message.args.clone()),
+        kwargs: Value::Object(message.kwargs.clone()),
+        worker: worker.config.nodename.clone(),
+        retries: message.retries,
+        queue: routing_key(delivery).to_owned(),
+    }
+}
+
 /// One accepted task and everything needed to run it and report on it.
 pub struct TaskRun<'a, B: Broker, R: ResultBackend> {
     /// The worker's shared state.
@@ -76,24 +108,12 @@ pub struct TaskRun<'a, B: Broker, R: ResultBackend> {
 impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
     /// Stores `meta` (with the extended fields when configured).
     pub async fn store(&self, meta: TaskMeta) -> Result<(), BackendError> {
-        let meta = canvas::with_request_ids(meta, self.message);
-        let meta = if self.worker.config.result_extended {
-            meta.with_extended(self.extended())
-        } else {
-            meta
-        };
+        let meta = with_request(self.worker, self.message, self.delivery, meta);
         store(&*self.worker.backend, &meta).await
     }
 
     fn extended(&self) -> ExtendedFields {
-        ExtendedFields {
-            name: self.message.task.clone(),
-            args: Value::Array(self.message.args.clone()),
-            kwargs: Value::Object(self.message.kwargs.clone()),
-            worker: self.worker.config.nodename.clone(),
-            retries: self.message.retries,
-            queue: routing_key(self.delivery).to_owned(),
-        }
+        extended_fields(self.worker, self.message, self.delivery)
     }
 
     /// Runs the task, stores what it reported, and says what to do with its message.

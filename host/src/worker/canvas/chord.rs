@@ -5,7 +5,6 @@
 
 use serde_json::{Map, Value};
 
-use crate::backend::chord::{body_argument, exception_repr};
 use crate::backend::{ChordPart, ExceptionInfo, PartReturn, ResultBackend, TaskMeta};
 use crate::broker::Broker;
 use crate::protocol::{Sender, Signature};
@@ -58,17 +57,10 @@ pub async fn part_return<B: Broker, R: ResultBackend>(
             return;
         }
     };
-    if let Some(failed) = claim.results.iter().find(|result| result.failed()) {
-        let reason = format!(
-            "Dependency {} raised {}",
-            failed.task_id,
-            exception_repr(&failed.value)
-        );
-        fail_body(worker, sender, &body, &reason).await;
-    } else {
-        match worker.backend.chord_claim_extend(&claim).await {
+    match claim.body_argument() {
+        Err(reason) => fail_body(worker, sender, &body, &reason).await,
+        Ok(argument) => match worker.backend.chord_claim_extend(&claim).await {
             Ok(true) => {
-                let argument = body_argument(&claim.results);
                 if let Err(err) = send_body(worker, sender, &body, argument).await {
                     let exception = err.exception();
                     let reason = format!(
@@ -89,7 +81,7 @@ pub async fn part_return<B: Broker, R: ResultBackend>(
                 tracing::error!("chord {}: claim not extended: {err}", claim.group_id);
                 return;
             }
-        }
+        },
     }
     if let Err(err) = worker.backend.chord_cleanup(&claim).await {
         tracing::warn!("chord {}: state not cleaned up: {err}", claim.group_id);

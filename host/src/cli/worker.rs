@@ -60,6 +60,9 @@ pub struct WorkerArgs {
     /// Do not listen for remote control commands (celery inspect / control)
     #[arg(long)]
     pub without_remote_control: bool,
+    /// Do not listen for `celeriac deploy`: components sent through the broker are not installed
+    #[arg(long)]
+    pub without_deploy: bool,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9808)
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -213,6 +216,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
             .then(|| positive(Some(args.heartbeat_interval)))
             .flatten(),
         remote_control: !args.without_remote_control,
+        deploy: !args.without_deploy,
         broker_url: redact_password(&args.connection.broker),
         metrics_addr: args.metrics_addr,
     };

@@ -63,7 +63,9 @@ async fn run(args: DeployArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot send {what}"))?;
     tracing::info!("sent {what}; waiting up to {:.1}s", timeout.as_secs_f64());
-    let answers = sent.collect(timeout, |reply| println!("{}", line(reply))).await;
+    let answers = sent
+        .collect(timeout, |reply| println!("{}", line(reply)))
+        .await;
     for node in &answers.silent {
         println!("{node}: no answer within {:.1}s", timeout.as_secs_f64());
     }

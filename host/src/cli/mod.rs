@@ -278,7 +278,14 @@ mod tests {
                 "--timeout",
                 "5",
             ],
-            &["celeriac", "deploy", "--rollback", "tasks.add", "-d", "w1@a"],
+            &[
+                "celeriac",
+                "deploy",
+                "--rollback",
+                "tasks.add",
+                "-d",
+                "w1@a",
+            ],
             &["celeriac", "worker", "--without-deploy"],
             &[
                 "celeriac",

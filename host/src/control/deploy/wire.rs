@@ -209,10 +209,7 @@ impl Request {
         headers.insert("celeriac-deploy".into(), Value::from(WIRE_VERSION));
         headers.insert("reply-to".into(), Value::from(self.reply_to.as_str()));
         headers.insert("ticket".into(), Value::from(self.ticket.as_str()));
-        headers.insert(
-            "destination".into(),
-            Value::from(self.destination.clone()),
-        );
+        headers.insert("destination".into(), Value::from(self.destination.clone()));
         let body = match &self.action {
             Action::Install(package) => {
                 headers.insert("method".into(), Value::from("install"));
@@ -258,9 +255,9 @@ impl Request {
             Some(Value::Array(names)) => names
                 .iter()
                 .map(|name| {
-                    name.as_str().map(str::to_owned).ok_or_else(|| {
-                        WireError::Malformed("a destination is not a string".into())
-                    })
+                    name.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| WireError::Malformed("a destination is not a string".into()))
                 })
                 .collect::<Result<_, _>>()?,
             None | Some(Value::Null) => Vec::new(),
@@ -481,13 +478,19 @@ mod tests {
             ticket: "t".into(),
         }
         .encode();
-        message.headers.insert("celeriac-deploy".into(), Value::from(2));
+        message
+            .headers
+            .insert("celeriac-deploy".into(), Value::from(2));
         assert!(matches!(
             Request::decode(delivered(message.clone())),
             Err(WireError::Malformed(_))
         ));
-        message.headers.insert("celeriac-deploy".into(), Value::from(1));
-        message.headers.insert("method".into(), Value::from("format"));
+        message
+            .headers
+            .insert("celeriac-deploy".into(), Value::from(1));
+        message
+            .headers
+            .insert("method".into(), Value::from("format"));
         assert!(matches!(
             Request::decode(delivered(message)),
             Err(WireError::Malformed(_))

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use celeriac::connect::{self, BrokerOptions};
 use celeriac::control::deploy::{self, Action, Package, Reply, Status};
 
-use super::{DEFAULT_BROKER, exit};
+use super::{DEFAULT_BROKER, exit, list_entries};
 
 /// `celeriac deploy` arguments.
 #[derive(Debug, clap::Args)]
@@ -46,12 +46,7 @@ pub fn main(args: DeployArgs) -> i32 {
 async fn run(args: DeployArgs) -> anyhow::Result<i32> {
     let timeout = Duration::try_from_secs_f64(args.timeout)
         .context("--timeout must be a non-negative number of seconds")?;
-    let destination: Vec<String> = args
-        .destination
-        .iter()
-        .map(|node| node.trim().to_owned())
-        .filter(|node| !node.is_empty())
-        .collect();
+    let destination = list_entries(&args.destination);
     let action = match (&args.file, args.rollback) {
         (Some(path), _) => Action::Install(pack(path.clone()).await?),
         (None, Some(name)) => Action::Rollback { name },
@@ -95,19 +90,23 @@ async fn pack(path: PathBuf) -> anyhow::Result<Package> {
 }
 
 /// One worker's answer: `celery@host: ok echo.wasm v2 sha256:… (tasks.echo)` or
-/// `celery@host: error echo.wasm: why`.
+/// `celery@host: error echo.wasm sha256:…: why` (no digest for a rollback).
 fn line(reply: &Reply) -> String {
-    let digest = reply.digest.as_deref().unwrap_or("-");
+    let digest = reply
+        .digest
+        .as_deref()
+        .map(|digest| format!(" {digest}"))
+        .unwrap_or_default();
     match reply.status {
         Status::Ok => format!(
-            "{}: ok {} {} {digest} ({})",
+            "{}: ok {} {}{digest} ({})",
             reply.nodename,
             reply.file,
             reply.version.as_deref().unwrap_or("-"),
             reply.tasks.join(", ")
         ),
         Status::Error | Status::Received => format!(
-            "{}: error {} {digest}: {}",
+            "{}: error {}{digest}: {}",
             reply.nodename,
             reply.file,
             reply.error.as_deref().unwrap_or("(no reason given)")

@@ -107,6 +107,14 @@ impl TaskCallOpts {
     }
 }
 
+/// The non-empty entries of a comma-separated list flag, trimmed (`-Q a, b,` is `a`, `b`).
+pub fn list_entries(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|entry| entry.trim().to_owned())
+        .filter(|entry| !entry.is_empty())
+        .collect()
+}
+
 fn parse_json(text: &str, flag: &str) -> anyhow::Result<Value> {
     serde_json::from_str(text).with_context(|| format!("{flag} is not valid JSON: {text}"))
 }

@@ -12,7 +12,7 @@ use celeriac::sandbox::{EngineOptions, Sandbox, SandboxLimits};
 use celeriac::url::redact_password;
 use celeriac::worker::{self, StateDb, WorkerConfig, WorkerHandle};
 
-use super::{ConnectionOpts, LimitOpts, TasksOpts, connect_backend, exit};
+use super::{ConnectionOpts, LimitOpts, TasksOpts, connect_backend, exit, list_entries};
 
 /// The longest wait between two sweeps for unacked messages past their visibility timeout.
 const MAX_RESTORE_INTERVAL: Duration = Duration::from_secs(60);
@@ -143,12 +143,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
             .map(usize::from)
             .unwrap_or(1)
     });
-    let queues: Vec<String> = args
-        .queues
-        .iter()
-        .map(|q| q.trim().to_owned())
-        .filter(|q| !q.is_empty())
-        .collect();
+    let queues = list_entries(&args.queues);
     let backend_url = args.connection.backend_url()?;
 
     let mut limits = SandboxLimits::new()

@@ -53,8 +53,8 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 /// The `freq` of the heartbeat the `heartbeat` command asks for.
 const HEARTBEAT_COMMAND_FREQ: f64 = 5.0;
 
-/// How long starting waits for the pidbox subscription: requests sent before it are not
-/// heard (PUB/SUB is at most once), so the worker says it is ready only after.
+/// How long starting waits for the pidbox and deploy subscriptions: requests sent before
+/// them are not heard (PUB/SUB is at most once), so the worker says it is ready only after.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long `/readyz` waits for the result backend to answer.
@@ -164,9 +164,9 @@ pub struct Control {
 }
 
 impl Control {
-    /// Starts the event publisher, the heartbeat (worker-online first) and the pidbox
-    /// consumer and the metrics endpoint, as the settings ask, and waits (briefly) until
-    /// the pidbox is subscribed. `queued` is the receiving end of the monitor's event
+    /// Starts the event publisher, the heartbeat (worker-online first), the pidbox
+    /// consumer, the deploy listener and the metrics endpoint, as the settings ask, and
+    /// waits (briefly) until the pidbox and deploy queues are subscribed. `queued` is the receiving end of the monitor's event
     /// queue `events`. Fails only when the metrics address cannot be bound.
     pub async fn start<B: Broker, R: ResultBackend + 'static>(
         ctx: Arc<ControlContext<B, R>>,

@@ -118,7 +118,8 @@ async fn a_deploy_and_a_rollback_reach_two_workers_on_rabbitmq() {
 }
 
 /// Two workers on `broker` serving echo v1: a deploy of v2 makes both serve v2 (and write
-/// it into their tasks directories); a rollback makes both serve v1 again.
+/// it into their tasks directories); a rollback makes both serve v1 again; a broken
+/// component is refused by both.
 async fn deploy_and_rollback_over(broker: &str) {
     let dir = tempfile::tempdir().unwrap();
     let nodes = [
@@ -174,6 +175,28 @@ async fn deploy_and_rollback_over(broker: &str) {
         assert_eq!(
             line_of(&stdout, node),
             format!("{}: ok echo.wasm v1 {v1_digest} (tasks.echo)", node.name)
+        );
+        assert_eq!(node.echo(broker, &client).await, json!("v1"));
+    }
+
+    // A component that does not compile is refused by each worker: exit 1, v1 serves on.
+    let broken = dir.path().join("upload-broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("echo.wasm"), b"\0asm a broken v3").unwrap();
+    let (code, stdout, stderr) = deploy(&[
+        path_str(&broken.join("echo.wasm")),
+        "-b",
+        broker,
+        "-d",
+        &destination,
+        "-t",
+        ANSWER_TIMEOUT,
+    ]);
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for node in &nodes {
+        assert!(
+            line_of(&stdout, node).starts_with(&format!("{}: error echo.wasm sha256:", node.name)),
+            "{stdout}"
         );
         assert_eq!(node.echo(broker, &client).await, json!("v1"));
     }

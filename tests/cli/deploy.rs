@@ -82,12 +82,25 @@ impl Node {
     }
 }
 
-/// `celeriac deploy ARGS...`, with its exit code, stdout and stderr.
-fn deploy(args: &[&str]) -> (Option<i32>, String, String) {
-    let output: Output = command(&[&["deploy"], args].concat())
-        .output()
-        .expect("celeriac deploy runs");
-    describe(&output)
+/// Runs `celeriac deploy WHAT... -b BROKER -t TIMEOUT [-d DESTINATION]`, asserts that it
+/// exits with `code`, and returns what it printed.
+fn deploy(
+    what: &[&str],
+    broker: &str,
+    destination: Option<&str>,
+    timeout: &str,
+    code: i32,
+) -> String {
+    let mut args = vec!["deploy"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-b", broker, "-t", timeout]);
+    if let Some(destination) = destination {
+        args.extend_from_slice(&["-d", destination]);
+    }
+    let output: Output = command(&args).output().expect("celeriac deploy runs");
+    let (exit, stdout, stderr) = describe(&output);
+    assert_eq!(exit, Some(code), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
 }
 
 /// `echo.wasm` at version `version`, in a directory of its own under `dir`.
@@ -131,16 +144,13 @@ async fn deploy_and_rollback_over(broker: &str) {
     let v2 = echo_file(dir.path(), "v2");
     let v2_digest = digest_of(&std::fs::read(&v2).unwrap());
 
-    let (code, stdout, stderr) = deploy(&[
-        path_str(&v2),
-        "-b",
+    let stdout = deploy(
+        &[path_str(&v2)],
         broker,
-        "--destination",
-        &destination,
-        "--timeout",
+        Some(&destination),
         ANSWER_TIMEOUT,
-    ]);
-    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        0,
+    );
     for node in &nodes {
         assert_eq!(
             line_of(&stdout, node),
@@ -159,17 +169,8 @@ async fn deploy_and_rollback_over(broker: &str) {
         );
     }
 
-    let (code, stdout, stderr) = deploy(&[
-        "--rollback",
-        "echo.wasm",
-        "-b",
-        broker,
-        "-d",
-        &destination,
-        "-t",
-        ANSWER_TIMEOUT,
-    ]);
-    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let rollback = ["--rollback", "echo.wasm"];
+    let stdout = deploy(&rollback, broker, Some(&destination), ANSWER_TIMEOUT, 0);
     let v1_digest = digest_of(&versioned_echo("v1"));
     for node in &nodes {
         assert_eq!(
@@ -183,16 +184,14 @@ async fn deploy_and_rollback_over(broker: &str) {
     let broken = dir.path().join("upload-broken");
     std::fs::create_dir(&broken).unwrap();
     std::fs::write(broken.join("echo.wasm"), b"\0asm a broken v3").unwrap();
-    let (code, stdout, stderr) = deploy(&[
-        path_str(&broken.join("echo.wasm")),
-        "-b",
+    let broken = broken.join("echo.wasm");
+    let stdout = deploy(
+        &[path_str(&broken)],
         broker,
-        "-d",
-        &destination,
-        "-t",
+        Some(&destination),
         ANSWER_TIMEOUT,
-    ]);
-    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        1,
+    );
     for node in &nodes {
         assert!(
             line_of(&stdout, node).starts_with(&format!("{}: error echo.wasm sha256:", node.name)),
@@ -279,16 +278,7 @@ async fn a_named_worker_that_does_not_answer_fails_the_deploy() {
     let v2 = echo_file(dir.path(), "v2");
     let destination = format!("{},{}", listening.name, deaf.name);
     let started = Instant::now();
-    let (code, stdout, stderr) = deploy(&[
-        path_str(&v2),
-        "-b",
-        &broker,
-        "-d",
-        &destination,
-        "--timeout",
-        "5",
-    ]);
-    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let stdout = deploy(&[path_str(&v2)], &broker, Some(&destination), "5", 1);
     assert!(
         started.elapsed() >= Duration::from_secs(5),
         "waited the timeout"
@@ -321,8 +311,7 @@ async fn without_a_destination_every_worker_on_the_broker_answers_and_the_comman
     ];
     let v2 = echo_file(dir.path(), "v2");
     let started = Instant::now();
-    let (code, stdout, stderr) = deploy(&[path_str(&v2), "-b", &broker, "-t", ANSWER_TIMEOUT]);
-    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let stdout = deploy(&[path_str(&v2)], &broker, None, ANSWER_TIMEOUT, 0);
     assert_eq!(stdout.lines().count(), 2, "one line per worker:\n{stdout}");
     for node in &nodes {
         assert!(line_of(&stdout, node).contains(": ok echo.wasm v2 "));
@@ -362,16 +351,7 @@ async fn python_example_deploys_over(broker: &str) {
     let dir = tempfile::tempdir().unwrap();
     // The Python example serves a tasks.echo of its own: start without echo.wasm.
     let node = Node::start_serving(dir.path(), "w1", broker, &[], None).await;
-    let (code, stdout, stderr) = deploy(&[
-        path_str(&python),
-        "-b",
-        broker,
-        "-d",
-        &node.name,
-        "-t",
-        "300",
-    ]);
-    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let stdout = deploy(&[path_str(&python)], broker, Some(&node.name), "300", 0);
     let line = line_of(&stdout, &node);
     assert!(
         line.contains(": ok tasks.wasm ") && line.contains(&digest_of(&component)),

@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::broker::{Broker, Delivery};
 use crate::registry::{LoadedComponent, Registry};
 
-use super::super::listen::listen;
 use super::wire::{Action, Reply, Request, Status, reply_exchange, worker_queue};
+use crate::control::listen::listen;
 
 /// Hears deploy requests for `nodename` and carries them out on `registry` until aborted.
 /// `subscribed` is told once the first subscription attempt is over.

@@ -19,8 +19,8 @@
 //!   caches compiled artifacts on disk.
 //! * [`worker`]: turns outcomes into Celery states and exceptions, and (with the broker
 //!   issues) runs the consumer loop.
-//! * [`control`]: beside the worker: monitoring events, heartbeats and remote control
-//!   (pidbox); the worker reports its tasks into control's `Monitor`.
+//! * [`control`]: beside the worker: monitoring events, heartbeats, remote control
+//!   (pidbox) and fleet deploy; the worker reports its tasks into control's `Monitor`.
 //!
 //! The `celeriac` binary (`src/main.rs`, `src/cli/`) is the command line on top.
 #![deny(missing_docs)]

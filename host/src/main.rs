@@ -13,6 +13,7 @@ fn main() {
         Command::Run(args) => cli::run::main(args),
         Command::Worker(args) => cli::worker::main(args),
         Command::Call(args) => cli::call::main(args),
+        Command::Deploy(args) => cli::deploy::main(args),
         Command::Build(args) => match cli::build::run(&args) {
             Ok(()) => exit::SUCCESS,
             Err(err) => {

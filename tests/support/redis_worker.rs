@@ -30,16 +30,26 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// Starts `celeriac worker --tasks TASKS -Q <fresh queue> -c CONCURRENCY -l info` (plus
-    /// `extra`), logging to `log`, and waits until it is ready (up to 600 s: compiling the
-    /// Python example for the first time is slow on a busy machine).
+    /// `extra`) on the test Redis, logging to `log`, and waits until it is ready (up to
+    /// 600 s: compiling the Python example for the first time is slow on a busy machine).
     pub async fn start(tasks: &Path, concurrency: usize, log: &Path, extra: &[&str]) -> Self {
+        Self::start_on(&redis_url(), tasks, concurrency, log, extra).await
+    }
+
+    /// Like [`WorkerProcess::start`], on the broker at `broker`.
+    pub async fn start_on(
+        broker: &str,
+        tasks: &Path,
+        concurrency: usize,
+        log: &Path,
+        extra: &[&str],
+    ) -> Self {
         let queue = format!("hotswap-{}", uuid::Uuid::new_v4());
         let concurrency = concurrency.to_string();
-        let url = redis_url();
         let mut args = vec![
             "worker",
             "-b",
-            &url,
+            broker,
             "--tasks",
             path_str(tasks),
             "-Q",

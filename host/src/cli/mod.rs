@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod call;
+pub mod deploy;
 pub mod exit;
 pub mod logging;
 pub mod run;
@@ -47,6 +48,8 @@ pub enum Command {
     Worker(worker::WorkerArgs),
     /// Send a task message to the broker, like `celery call`, and optionally wait for its result.
     Call(call::CallArgs),
+    /// Install a component on every worker through the broker, or roll it back.
+    Deploy(deploy::DeployArgs),
 }
 
 /// Runs an async command on a multi-threaded tokio runtime and turns its result into an
@@ -102,6 +105,14 @@ impl TaskCallOpts {
         };
         Ok((args, kwargs))
     }
+}
+
+/// The non-empty entries of a comma-separated list flag, trimmed (`-Q a, b,` is `a`, `b`).
+pub fn list_entries(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|entry| entry.trim().to_owned())
+        .filter(|entry| !entry.is_empty())
+        .collect()
 }
 
 fn parse_json(text: &str, flag: &str) -> anyhow::Result<Value> {
@@ -267,6 +278,27 @@ mod tests {
                 "10",
             ],
             &["celeriac", "call", "tasks.add", "-a", "[2, 3]"],
+            &["celeriac", "deploy", "tasks.wasm"],
+            &[
+                "celeriac",
+                "deploy",
+                "tasks.wasm",
+                "-b",
+                "amqp://guest:guest@127.0.0.1:5672//",
+                "--destination",
+                "w1@a,w2@b",
+                "--timeout",
+                "5",
+            ],
+            &[
+                "celeriac",
+                "deploy",
+                "--rollback",
+                "tasks.add",
+                "-d",
+                "w1@a",
+            ],
+            &["celeriac", "worker", "--without-deploy"],
             &[
                 "celeriac",
                 "call",
@@ -346,6 +378,15 @@ mod tests {
                 ErrorKind::ValueValidation,
             ),
             (&["celeriac", "call"], ErrorKind::MissingRequiredArgument),
+            (&["celeriac", "deploy"], ErrorKind::MissingRequiredArgument),
+            (
+                &["celeriac", "deploy", "x.wasm", "--rollback", "x.wasm"],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["celeriac", "deploy", "x.wasm", "-t", "soon"],
+                ErrorKind::ValueValidation,
+            ),
             (
                 &["celeriac", "worker", "--queue-max-priority", "0"],
                 ErrorKind::ValueValidation,

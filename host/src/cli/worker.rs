@@ -12,7 +12,7 @@ use celeriac::sandbox::{EngineOptions, Sandbox, SandboxLimits};
 use celeriac::url::redact_password;
 use celeriac::worker::{self, StateDb, WorkerConfig, WorkerHandle};
 
-use super::{ConnectionOpts, LimitOpts, TasksOpts, connect_backend, exit};
+use super::{ConnectionOpts, LimitOpts, TasksOpts, connect_backend, exit, list_entries};
 
 /// The longest wait between two sweeps for unacked messages past their visibility timeout.
 const MAX_RESTORE_INTERVAL: Duration = Duration::from_secs(60);
@@ -60,6 +60,9 @@ pub struct WorkerArgs {
     /// Do not listen for remote control commands (celery inspect / control)
     #[arg(long)]
     pub without_remote_control: bool,
+    /// Do not listen for `celeriac deploy`: components sent through the broker are not installed
+    #[arg(long)]
+    pub without_deploy: bool,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9808)
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -145,12 +148,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
             .map(usize::from)
             .unwrap_or(1)
     });
-    let queues: Vec<String> = args
-        .queues
-        .iter()
-        .map(|q| q.trim().to_owned())
-        .filter(|q| !q.is_empty())
-        .collect();
+    let queues = list_entries(&args.queues);
     let backend_url = args.connection.backend_url()?;
 
     let mut limits = SandboxLimits::new()
@@ -221,6 +219,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
             .then(|| positive(Some(args.heartbeat_interval)))
             .flatten(),
         remote_control: !args.without_remote_control,
+        deploy: !args.without_deploy,
         broker_url: redact_password(&args.connection.broker),
         metrics_addr: args.metrics_addr,
     };

@@ -10,13 +10,17 @@
 //!   worker's [`WorkerHandle`]);
 //! * `metrics` and `http`: Prometheus metrics, `/healthz` and `/readyz` on
 //!   `--metrics-addr`;
+//! * [`deploy`]: fleet deploy: components sent through the broker, installed by each worker;
+//! * `listen`: hearing a broadcast queue, subscribing again when it is lost;
 //! * [`Control`]: the tasks that run beside the worker loop (never behind its task slots):
-//!   event publisher, heartbeat, pidbox consumer, metrics endpoint.
+//!   event publisher, heartbeat, pidbox consumer, deploy listener, metrics endpoint.
 
 mod commands;
+pub mod deploy;
 pub mod events;
 mod http;
 mod identity;
+mod listen;
 mod metrics;
 mod monitor;
 pub mod pidbox;
@@ -35,7 +39,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::backend::ResultBackend;
-use crate::broker::{Broker, BrokerError, Consumer, Delivery};
+use crate::broker::{Broker, Consumer, Delivery};
 use crate::registry::Registry;
 use crate::worker::{RevokedTasks, WorkerConfig};
 
@@ -49,11 +53,8 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 /// The `freq` of the heartbeat the `heartbeat` command asks for.
 const HEARTBEAT_COMMAND_FREQ: f64 = 5.0;
 
-/// The longest wait before subscribing to the pidbox again after a failure.
-const MAX_RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(10);
-
-/// How long starting waits for the pidbox subscription: requests sent before it are not
-/// heard (PUB/SUB is at most once), so the worker says it is ready only after.
+/// How long starting waits for the pidbox and deploy subscriptions: requests sent before
+/// them are not heard (PUB/SUB is at most once), so the worker says it is ready only after.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long `/readyz` waits for the result backend to answer.
@@ -73,6 +74,8 @@ pub struct ControlConfig {
     pub heartbeat: Option<Duration>,
     /// Listen for remote control commands. Default on.
     pub remote_control: bool,
+    /// Install components sent by `celeriac deploy` (only with remote control). Default on.
+    pub deploy: bool,
     /// The broker URL, password removed, for `stats.broker`. Default empty.
     pub broker_url: String,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`. Default: nowhere.
@@ -85,6 +88,7 @@ impl Default for ControlConfig {
             task_events: false,
             heartbeat: Some(DEFAULT_HEARTBEAT),
             remote_control: true,
+            deploy: true,
             broker_url: String::new(),
             metrics_addr: None,
         }
@@ -153,15 +157,16 @@ pub struct Control {
     publisher: JoinHandle<()>,
     heart: Option<JoinHandle<()>>,
     pidbox: Option<JoinHandle<()>>,
+    deploy: Option<JoinHandle<()>>,
     metrics: Option<JoinHandle<()>>,
     remote_shutdown: watch::Receiver<bool>,
     heartbeat_fields: Option<f64>,
 }
 
 impl Control {
-    /// Starts the event publisher, the heartbeat (worker-online first) and the pidbox
-    /// consumer and the metrics endpoint, as the settings ask, and waits (briefly) until
-    /// the pidbox is subscribed. `queued` is the receiving end of the monitor's event
+    /// Starts the event publisher, the heartbeat (worker-online first), the pidbox
+    /// consumer, the deploy listener and the metrics endpoint, as the settings ask, and
+    /// waits (briefly) until the pidbox and deploy queues are subscribed. `queued` is the receiving end of the monitor's event
     /// queue `events`. Fails only when the metrics address cannot be bound.
     pub async fn start<B: Broker, R: ResultBackend + 'static>(
         ctx: Arc<ControlContext<B, R>>,
@@ -189,15 +194,28 @@ impl Control {
             .settings
             .remote_control
             .then(|| tokio::spawn(consume_pidbox(Arc::clone(&ctx), subscribed)));
-        if pidbox.is_some() {
-            let _ = tokio::time::timeout(SUBSCRIBE_WAIT, first_attempt).await;
-        }
+        let (deploy_subscribed, deploy_first_attempt) = oneshot::channel();
+        let deploy = (ctx.settings.remote_control && ctx.settings.deploy).then(|| {
+            tokio::spawn(deploy::serve(
+                Arc::clone(ctx.consumer.broker()),
+                Arc::clone(&ctx.registry),
+                ctx.monitor.sender.hostname.clone(),
+                deploy_subscribed,
+            ))
+        });
+        // A dropped sender (listener not started) ends its wait at once.
+        let _ = tokio::time::timeout(SUBSCRIBE_WAIT, async {
+            let _ = first_attempt.await;
+            let _ = deploy_first_attempt.await;
+        })
+        .await;
         Ok(Control {
             monitor: Arc::clone(&ctx.monitor),
             events,
             publisher,
             heart,
             pidbox,
+            deploy,
             metrics,
             remote_shutdown: ctx.remote_shutdown.subscribe(),
             heartbeat_fields: freq,
@@ -215,8 +233,8 @@ impl Control {
     /// Stops listening, sends worker-offline, and waits (briefly) for the queued events
     /// to go out.
     pub async fn stop(self) {
-        if let Some(pidbox) = self.pidbox {
-            pidbox.abort();
+        for listener in [self.pidbox, self.deploy].into_iter().flatten() {
+            listener.abort();
         }
         if let Some(heart) = self.heart {
             heart.abort();
@@ -267,39 +285,19 @@ async fn consume_pidbox<B: Broker, R: ResultBackend + 'static>(
     subscribed: oneshot::Sender<()>,
 ) {
     let queue = pidbox::pidbox_queue(&ctx.monitor.sender.hostname);
-    let mut backoff = Duration::from_millis(100);
-    let mut subscribed = Some(subscribed);
-    loop {
-        let subscription = ctx.consumer.broker().subscribe_broadcast(&queue).await;
-        if let Some(first) = subscribed.take() {
-            let _ = first.send(());
-        }
-        match subscription {
-            Ok(mut subscription) => {
-                backoff = Duration::from_millis(100);
-                ctx.monitor.broker_connected.store(true, Ordering::Relaxed);
-                while let Some(delivery) = subscription.next().await {
-                    handle_request(&ctx, &delivery).await;
-                }
-                ctx.monitor.broker_connected.store(false, Ordering::Relaxed);
-                tracing::warn!("pidbox: subscription lost; subscribing again");
-            }
-            Err(BrokerError::Unsupported { transport, .. }) => {
-                tracing::warn!(
-                    "pidbox: the {transport} transport cannot broadcast; no remote control"
-                );
-                return;
-            }
-            Err(err) => {
-                tracing::error!(
-                    "pidbox: cannot subscribe: {err}; retrying in {:.1}s",
-                    backoff.as_secs_f64()
-                );
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_RESUBSCRIBE_BACKOFF);
-    }
+    let connected = |up| ctx.monitor.broker_connected.store(up, Ordering::Relaxed);
+    listen::listen(
+        &**ctx.consumer.broker(),
+        &queue,
+        "pidbox",
+        subscribed,
+        connected,
+        |delivery| {
+            let ctx = Arc::clone(&ctx);
+            async move { handle_request(&ctx, &delivery).await }
+        },
+    )
+    .await;
 }
 
 impl<B: Broker, R: ResultBackend + 'static> http::Endpoints for ControlContext<B, R> {

@@ -429,7 +429,15 @@ impl Registry {
             });
         }
         let path = self.dir.join(file_name);
-        let file = ComponentBytes::new(path.clone(), Arc::from(bytes));
+        // Digesting a large component takes a while: off the runtime.
+        let digesting = path.clone();
+        let file =
+            tokio::task::spawn_blocking(move || ComponentBytes::new(digesting, Arc::from(bytes)))
+                .await
+                .map_err(|err| LoadError::Interrupted {
+                    path: path.clone(),
+                    message: err.to_string(),
+                })?;
         let _changing = self.changing.lock().await;
         let current = self.snapshot().component_at(&path).cloned();
         let expected = format!("sha256:{}", expected_digest.trim_start_matches("sha256:"));

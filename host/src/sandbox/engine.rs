@@ -53,13 +53,40 @@ pub(crate) fn build_engine(options: &EngineOptions) -> wasmtime::Result<Engine> 
         .table_keep_resident(options.keep_resident_bytes)
         // With PAGEMAP_SCAN (Linux 6.7+) only the pages a task dirtied are copied back from
         // the image, and they stay resident: no madvise, no TLB shootdown, no refault.
-        .pagemap_scan(Enabled::Auto);
+        .pagemap_scan(pagemap_scan_setting(swap_configured()));
     let mut config = Config::new();
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     Engine::new(&config)
+}
+
+/// Whether wasmtime may reset pool slots with `PAGEMAP_SCAN`.
+///
+/// wasmtime 48's scan resets only dirty pages that are *present*: a page a task dirtied
+/// that the kernel swapped out before the reset is neither copied back nor released, so the
+/// next task in that slot could read it. Without swap that cannot happen; with swap the
+/// slot is reset by `madvise` instead (slower, but every page is reset). Swap turned on
+/// after the worker started is not seen.
+fn pagemap_scan_setting(swap: bool) -> Enabled {
+    if swap { Enabled::No } else { Enabled::Auto }
+}
+
+/// Whether the machine has any swap area, from `/proc/swaps` (a header line, then one line
+/// per area). Unreadable means unknown, taken as swap.
+fn swap_configured() -> bool {
+    match std::fs::read_to_string("/proc/swaps") {
+        Ok(table) => has_swap_areas(&table),
+        Err(_) => cfg!(target_os = "linux"),
+    }
+}
+
+fn has_swap_areas(proc_swaps: &str) -> bool {
+    proc_swaps
+        .lines()
+        .skip(1)
+        .any(|line| !line.trim().is_empty())
 }
 
 /// Advances the engine's epoch every tick until the engine is dropped.
@@ -76,4 +103,24 @@ pub(crate) fn spawn_epoch_ticker(engine: EngineWeak, tick: Duration) -> std::io:
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_areas_are_read_from_proc_swaps() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!has_swap_areas(header));
+        assert!(has_swap_areas(&format!(
+            "{header}/swapfile                               file\t\t1048572\t\t0\t\t-2\n"
+        )));
+    }
+
+    #[test]
+    fn swap_turns_the_pagemap_reset_off() {
+        assert_eq!(pagemap_scan_setting(true), Enabled::No);
+        assert_eq!(pagemap_scan_setting(false), Enabled::Auto);
+    }
 }

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use futures_util::future::join_all;
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 
@@ -123,17 +124,25 @@ impl Ledger {
             }
             plan_acks(&mut deliveries)
         };
-        if let Some((acker, queue, count)) = plan.bottom_run {
+        // No ack can cover another here, so they may be written in any order: together.
+        let bottom_run = plan.bottom_run.map(|(acker, queue, count)| {
             let options = BasicAckOptions {
                 multiple: count > 1,
             };
-            write(&acker, &queue, "basic.ack", acker.ack(options).await)?;
-        }
-        for (acker, queue) in plan.singles {
-            let written = acker.ack(BasicAckOptions::default()).await;
-            write(&acker, &queue, "basic.ack", written)?;
-        }
-        Ok(())
+            (acker, queue, options)
+        });
+        let singles = plan
+            .singles
+            .into_iter()
+            .map(|(acker, queue)| (acker, queue, BasicAckOptions::default()));
+        let written = join_all(bottom_run.into_iter().chain(singles).map(
+            |(acker, queue, options)| async move {
+                let written = acker.ack(options).await;
+                write(&acker, &queue, "basic.ack", written)
+            },
+        ))
+        .await;
+        written.into_iter().collect()
     }
 
     /// Rejects `tag` (back to its queue with `requeue`), in turn with the acks.

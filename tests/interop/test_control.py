@@ -9,6 +9,7 @@ Every request names its worker (`destination`): other workers on the same Redis,
 test runs, must never see a `shutdown` meant for this one.
 """
 
+import hashlib
 import shutil
 import socket
 import subprocess
@@ -122,8 +123,11 @@ def test_replies_come_within_the_default_timeout_while_every_slot_is_busy(worker
 def test_registered_lists_the_component_task_names(worker, node, broker_url):
     result = celery_cli(broker_url, "inspect", "registered", "-d", node)
     assert result.returncode == 0, result.stdout + result.stderr
+    version = hashlib.sha256((TASKS / "tasks.wasm").read_bytes()).hexdigest()[:12]
     for name in ("tasks.add", "tasks.sleep", "tasks.spin", "tasks.fail"):
-        assert f"* {name}" in result.stdout, result.stdout
+        assert f"* {name} [version={version}]" in result.stdout, result.stdout
+    result = celery_cli(broker_url, "inspect", "registered", "digest", "-d", node)
+    assert f"* tasks.add [digest=sha256:{version}" in result.stdout, result.stdout
 
 
 def test_active_shows_a_running_task_with_celerys_request_info(worker, node, client):
@@ -227,7 +231,8 @@ def test_active_queues_add_consumer_and_cancel_consumer(worker, node, client, un
 def test_rate_limit_and_time_limit_reply_as_celery(worker, node, client):
     reply = client.control.rate_limit("tasks.add", "10/m", destination=[node], reply=True, timeout=2)
     assert reply == [{node: {"ok": "new rate limit set successfully"}}], reply
-    assert "tasks.add [rate_limit=10/m]" in inspect(client, node).registered()[node]
+    assert any(entry.startswith("tasks.add [rate_limit=10/m version=")
+               for entry in inspect(client, node).registered()[node])
     reply = client.control.rate_limit("tasks.nope", "1/s", destination=[node], reply=True, timeout=2)
     assert reply == [{node: {"error": "unknown task"}}], reply
     reply = client.control.time_limit("tasks.add", soft=5, hard=10, destination=[node], reply=True, timeout=2)

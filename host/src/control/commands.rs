@@ -212,7 +212,13 @@ fn registered<B: Broker, R: ResultBackend>(
             .iter()
             .filter_map(|i| i.as_str().map(str::to_owned))
             .collect(),
-        _ => vec!["exchange".into(), "routing_key".into(), "rate_limit".into()],
+        // Celery's DEFAULT_TASK_INFO_ITEMS, and the version of the component serving it.
+        _ => vec![
+            "exchange".into(),
+            "routing_key".into(),
+            "rate_limit".into(),
+            "version".into(),
+        ],
     };
     let mut names: Vec<String> = Vec::new();
     for component in ctx.registry.components() {
@@ -233,6 +239,8 @@ fn registered<B: Broker, R: ResultBackend>(
                         "acks_late" => options.acks_late.map(|v| python_repr(&json!(v))),
                         "ignore_result" => options.ignore_result.map(|v| python_repr(&json!(v))),
                         "max_retries" => options.max_retries.map(|v| v.to_string()),
+                        "version" => Some(component.version.clone()),
+                        "digest" => Some(component.digest.clone()),
                         _ => None,
                     }?;
                     Some(format!("{attr}={value}"))

@@ -144,3 +144,12 @@ def on_stage_success(result, pipeline_id, stage):
 def on_stage_error(failed_task_id, pipeline_id, stage):
     """A link_error errback: gets the failed task's id first."""
     return {"pipeline": pipeline_id, "stage": stage, "status": "failed", "failed_task": failed_task_id}
+
+
+@app.task
+def log_error(request, exc, traceback):
+    """A "new style" errback: with more than one positional parameter, the worker in which
+    the task failed calls it inline with the failed request, its exception and traceback
+    (none for a chord error); it is not sent as a message and nothing is stored."""
+    last_line = (traceback or "").strip().splitlines()[-1:] or ["no traceback"]
+    print(f"Task {request.id} raised exception: {exc!r}; traceback ends with: {last_line[0]}")

@@ -124,14 +124,56 @@ def test_a_link_error_errback_receives_the_failed_task_id(app, celeriac_worker, 
     assert errback["group_id"], "errbacks are sent as a group, as Celery sends them"
 
 
+@pytest.mark.parametrize("worker_kind", ["celeriac", "python"])
+def test_a_new_style_errback_is_called_inline_and_an_old_style_one_is_sent(
+    app, broker, unique_queue, redis_client, start_celeriac_worker, start_python_worker,  # noqa: F811
+    worker_kind,
+):
+    """`log_error(request, exc, traceback)` runs inside the worker where the task failed (its
+    print is in that worker's log, it is never received as a message, nothing is stored);
+    `on_stage_error.s(pipeline, stage)` leaves one free parameter and is sent, as Celery 5.7
+    decides per errback."""
+    if worker_kind == "celeriac":
+        worker = start_celeriac_worker(unique_queue)
+    else:
+        worker = start_python_worker(unique_queue, broker.url, REDIS_URL)
+
+    def s(name, *args):
+        return app.signature(f"tasks.{name}", args=args, queue=unique_queue)
+
+    failing = s("fail", "boom").apply_async(
+        link_error=[s("log_error"), s("on_stage_error", "p-1", "train")])
+    with pytest.raises(ValueError, match="boom"):
+        failing.get(timeout=TIMEOUT)
+    printed = (f"Task {failing.id} raised exception: ValueError('boom'); "
+               "traceback ends with: ValueError: boom")
+    wait_until(lambda: printed in worker.output(), f"the inline errback's line in:\n{worker.output()}")
+    (errback,) = results_with_parent(redis_client, failing.id, 1)
+    assert errback["result"]["failed_task"] == failing.id
+    assert errback["status"] == "SUCCESS"
+    assert "Task tasks.log_error[" not in worker.output(), "the new-style errback was sent as a message"
+
+
+def test_an_unbound_rust_task_is_a_new_style_errback_too(app, celeriac_worker, task_queue):
+    failing = app.signature("rs.fail", ("boom",), queue=task_queue).apply_async(
+        link_error=app.signature("rs.log_error", queue=task_queue))
+    with pytest.raises(ValueError, match="boom"):
+        failing.get(timeout=TIMEOUT)
+    printed = f'Task {failing.id} raised ValueError: ["boom"]; traceback ends with: '
+    wait_until(lambda: printed in "".join(celeriac_worker), "the Rust inline errback's line")
+    assert "Task rs.log_error[" not in "".join(celeriac_worker)
+
+
 def test_a_failing_step_fails_every_later_step_of_its_chain(app, celeriac_worker, sig, redis_client):
     result = chain(sig("fail", "first"), sig("add", 1), sig("add", 2)).apply_async()
     with pytest.raises(ValueError, match="first"):
         result.get(timeout=TIMEOUT)
     first, second = result.parent.parent, result.parent
     failed = meta(redis_client, first.id)
+    # get() raises as soon as the first step's FAILURE is stored (it follows parents); the
+    # worker stores the later steps' FAILURE just after, as Celery's worker does.
     for later in (second, result):
-        stored = meta(redis_client, later.id)
+        stored = wait_for_meta(redis_client, later.id)
         assert stored["status"] == "FAILURE"
         assert stored["result"] == failed["result"] == {
             "exc_type": "ValueError", "exc_message": ["first"], "exc_module": "builtins"}
@@ -178,6 +220,18 @@ def test_a_chord_with_a_failing_header_fails_its_body_and_calls_its_errbacks(
     assert isinstance(AsyncResult(result.id, app=app).result, ChordError)
     (errback,) = results_with_parent(redis_client, result.id, 1)
     assert errback["result"]["failed_task"] == result.id
+
+
+def test_a_chord_error_calls_the_body_s_new_style_errback_inline(app, celeriac_worker, sig):
+    body = sig("xsum", link_error=sig("log_error"))
+    result = chord([sig("add", 1, 1), sig("fail", "hdr")], body).apply_async()
+    with pytest.raises(ValueError, match="hdr"):
+        result.get(timeout=TIMEOUT)
+    failed_id = result.parent.results[1].id
+    # Celery passes the chord error with no traceback, and a request made from the body.
+    printed = (f"Task {result.id} raised exception: ChordError(\"Dependency {failed_id} raised "
+               "ValueError('hdr')\"); traceback ends with: no traceback")
+    wait_until(lambda: printed in "".join(celeriac_worker), "the inline errback's line")
 
 
 def test_map_starmap_and_chunks(app, celeriac_worker):

@@ -75,7 +75,7 @@ async fn a_component_missing_an_export_is_refused_with_the_file_and_what_is_miss
     let message = err.to_string();
     assert!(message.contains("broken.wasm"), "{message}");
     assert!(
-        message.contains("celeriac:task/task@0.1.0") && message.contains("run"),
+        message.contains("celeriac:task/task@0.2.0") && message.contains("run"),
         "{message}"
     );
 }

@@ -9,7 +9,7 @@
 //! layouts they rely on (each one checked by running components in wasmtime 48). In short:
 //!
 //! * `tasks: func() -> list<task-info>` is the core export `"tasks" (result i32)`: it returns a
-//!   pointer to an 8-byte return area holding the list's `(ptr, len)`. Elements are 128 bytes,
+//!   pointer to an 8-byte return area holding the list's `(ptr, len)`. Elements are 160 bytes,
 //!   8-aligned; an all-zero `task-options` means every option is `none`/`false`/empty.
 //! * `run: func(request, args, kwargs) -> result<string, task-error>` flattens to 47 core
 //!   parameters, more than the 16 the canonical ABI passes flat, so the core export is
@@ -18,8 +18,8 @@
 //!   goes into a 104-byte, 8-aligned return area whose address `run` returns.
 //! * `cabi_realloc` is a bump allocator that grows memory as needed (and executes
 //!   `unreachable` when memory cannot grow); nothing is ever freed, an instance runs one task.
-//! * `celeriac:task/context@0.1.0` functions are imported only when the `run` code calls them.
-//!   Every component also imports the function-less `celeriac:task/types@0.1.0` interface,
+//! * `celeriac:task/context@0.2.0` functions are imported only when the `run` code calls them.
+//!   Every component also imports the function-less `celeriac:task/types@0.2.0` interface,
 //!   because the world's exports `use` its types; a host linking the world provides both.
 
 #![allow(dead_code)]
@@ -36,7 +36,7 @@ const TASK_WIT: &str = include_str!("../../wit/task.wit");
 /// `result`) as a u8 discriminant followed by the payload at the largest case alignment.
 pub mod abi {
     /// Core import module name of the `context` interface.
-    pub const CONTEXT_MODULE: &str = "celeriac:task/context@0.1.0";
+    pub const CONTEXT_MODULE: &str = "celeriac:task/context@0.2.0";
 
     /// Size of the `(request, args, kwargs)` parameter tuple whose address `run` receives.
     pub const RUN_PARAMS_SIZE: u32 = 172;
@@ -75,6 +75,8 @@ pub mod abi {
     pub const REQUEST_DELIVERY_INFO: u32 = 132;
     /// `request.is-eager: bool`.
     pub const REQUEST_IS_EAGER: u32 = 152;
+    /// `request.inline-errback: bool`.
+    pub const REQUEST_INLINE_ERRBACK: u32 = 153;
     /// `args: string` in the parameter tuple.
     pub const RUN_ARGS: u32 = 156;
     /// `kwargs: string` in the parameter tuple.
@@ -104,8 +106,9 @@ pub mod abi {
     /// `reject-request` record (16 bytes, 4-aligned): reason `option<string>` +0, requeue +12.
     pub const REJECT_REQUEST_SIZE: u32 = 16;
 
-    /// `task-info` element size in the list `tasks` returns.
-    pub const TASK_INFO_SIZE: u32 = 128;
+    /// `task-info` element size in the list `tasks` returns: name, options, then
+    /// errback-parameters `option<parameters>` at +128 (28 bytes, 4-aligned).
+    pub const TASK_INFO_SIZE: u32 = 160;
     /// `task-info` alignment (`task-options` holds `option<f64>`s).
     pub const TASK_INFO_ALIGN: u32 = 8;
     /// `task-info.options` offset; `task-options` is 120 bytes, 8-aligned.
@@ -485,7 +488,8 @@ impl CoreGuest {
             funcs: String::new(),
         };
         let names: Vec<(u32, u32)> = names.iter().map(|name| guest.string(name)).collect();
-        // task-info list: name at +0, options (all zero = none/false/empty) at +8.
+        // task-info list: name at +0, then options and errback parameters, all zero (every
+        // option none/false/empty, no errback parameters).
         let mut infos = vec![0u8; names.len() * abi::TASK_INFO_SIZE as usize];
         for (i, &(ptr, len)) in names.iter().enumerate() {
             let at = i * abi::TASK_INFO_SIZE as usize;

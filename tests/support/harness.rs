@@ -75,6 +75,7 @@ pub fn request(task: &str) -> Request {
             redelivered: false,
         },
         is_eager: false,
+        inline_errback: false,
     }
 }
 

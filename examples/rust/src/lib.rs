@@ -201,6 +201,23 @@ fn fib(n: u32) -> Result<u64, TaskError> {
     })
 }
 
+/// A "new style" errback: unbound, with three free positional parameters, so the worker in
+/// which a task failed calls it inline with that task's request, exception and traceback
+/// (as JSON) instead of sending it; what it prints goes to the worker's log.
+#[task(name = "rs.log_error")]
+fn log_error(request: Value, exc: Value, traceback: Option<String>) {
+    let last_line = traceback
+        .as_deref()
+        .and_then(|text| text.trim().lines().last())
+        .unwrap_or("no traceback");
+    println!(
+        "Task {} raised {}: {}; traceback ends with: {last_line}",
+        request["id"].as_str().unwrap_or("?"),
+        exc["exc_type"].as_str().unwrap_or("?"),
+        exc["exc_message"],
+    );
+}
+
 export_tasks!(
     add,
     mul,
@@ -213,5 +230,6 @@ export_tasks!(
     retry_until,
     progress,
     read_file,
-    fib
+    fib,
+    log_error
 );

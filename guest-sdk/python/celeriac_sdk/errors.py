@@ -8,11 +8,15 @@
 * ``celery.exceptions.Retry`` -> ``retry(retry-request)``;
 * ``celery.exceptions.Reject`` -> ``reject(reject-request)``;
 * ``celery.exceptions.Ignore`` -> ``ignore``.
+
+It also turns an exception the host sends (an inline errback's ``exc``) back into an instance.
 """
 
+import importlib
 import json
 import numbers
 import os
+import sys
 import traceback as _traceback
 from datetime import datetime
 
@@ -121,3 +125,33 @@ def task_error(exc):
     if isinstance(exc, Ignore):
         return wit.TaskError_Ignore()
     return wit.TaskError_Raised(exception_record(exc))
+
+
+def _exception_class(exc_type, exc_module):
+    """The class ``exc_module.exc_type`` if the guest has it, else a stand-in subclass of
+    ``Exception`` with that name and module (as Celery's ``create_exception_cls``)."""
+    try:
+        module = sys.modules.get(exc_module) or importlib.import_module(exc_module)
+        cls = module
+        for part in exc_type.split("."):
+            cls = getattr(cls, part)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            return cls
+    except Exception:  # noqa: BLE001 - any lookup failure means "make a stand-in"
+        pass
+    return type(exc_type.rsplit(".", 1)[-1], (Exception,), {"__module__": exc_module})
+
+
+def exception_from_dict(meta):
+    """An exception instance from Celery's stored form
+    (``{"exc_type", "exc_message", "exc_module"}``)."""
+    cls = _exception_class(str(meta.get("exc_type")), str(meta.get("exc_module") or "builtins"))
+    args = meta.get("exc_message")
+    if not isinstance(args, (list, tuple)):
+        args = (args,)
+    try:
+        return cls(*args)
+    except Exception:  # noqa: BLE001 - a class that refuses its args still gets them
+        exc = Exception.__new__(cls)
+        exc.args = tuple(args)
+        return exc

@@ -8,9 +8,12 @@ snapshot componentize-py takes at build time.
 ``run`` does what Celery's tracer does for one message: it pushes ``self.request``, sends
 ``task_prerun``, calls the task (applying ``autoretry_for`` with Celery's backoff), calls
 the ``on_success``/``on_retry``/``on_failure``/``after_return`` hooks and signals, and
-encodes the outcome: the result as kombu JSON, or a WIT ``task-error``.
+encodes the outcome: the result as kombu JSON, or a WIT ``task-error``. A request marked
+``inline-errback`` is Celery's direct errback call instead: ``task(request, exc, traceback,
+*args)`` with the failed task's ``Context`` and exception rebuilt from the host's JSON.
 """
 
+import inspect
 import linecache
 import logging
 import os
@@ -129,6 +132,28 @@ def task_options(task):
         retry_backoff=(_u32(max(1.0, float(backoff))) if backoff else 0) if has_backoff else None,
         retry_backoff_max=None if backoff_max is None else _u32(backoff_max),
         retry_jitter=_bool(jitter),
+    )
+
+
+def errback_parameters(task):
+    """The WIT ``parameters`` of a task Celery may call inline as an errback: one made with
+    ``@app.task`` from a function without ``bind=True`` (Celery's ``__header__`` test);
+    ``None`` for any other task."""
+    # Read from the class: through the instance the function would come back bound.
+    fun = getattr(type(task), "_celeriac_fun", None)
+    if fun is None or getattr(task, "_celeriac_bound", False):
+        return None
+    try:
+        spec = inspect.getfullargspec(fun)
+        kinds = [p.kind for p in inspect.signature(fun).parameters.values()]
+    except (TypeError, ValueError):
+        return None
+    return wit.Parameters(
+        positional=list(spec.args),
+        positional_only=kinds.count(inspect.Parameter.POSITIONAL_ONLY),
+        keyword_only=list(spec.kwonlyargs),
+        var_positional=spec.varargs is not None,
+        var_keyword=spec.varkw is not None,
     )
 
 
@@ -260,12 +285,28 @@ def _decode_arguments(args, kwargs):
     return args_value, kwargs_value
 
 
+def _call_errback(task, args, kwargs):
+    """Celery's inline errback call, ``errback(request, exc, traceback, *args)``: a direct
+    call of the task (no tracing, hooks or signals); the return value is dropped."""
+    if len(args) < 3 or not isinstance(args[0], dict) or not isinstance(args[1], dict):
+        raise _raised(
+            DecodeError("an inline errback call needs (request, exc, traceback)"), traceback=False
+        )
+    failed_request = Context(args[0])
+    exc = errors.exception_from_dict(args[1])
+    with _log.redirect_stdouts():
+        task(failed_request, exc, args[2], *args[3:], **kwargs)
+    return "null"
+
+
 def run_request(request, args, kwargs):
     """``run`` without the host bookkeeping: returns the result JSON or raises ``Err``."""
     task = _state.tasks.get(request.task)
     if task is None:
         raise _raised(NotRegistered(request.task), traceback=False)
     args_value, kwargs_value = _decode_arguments(args, kwargs)
+    if request.inline_errback:
+        return _call_errback(task, args_value, kwargs_value)
     context = _request_context(request, args_value, kwargs_value)
     with _log.redirect_stdouts():
         state, outcome = trace(task, context, args_value, kwargs_value)
@@ -299,7 +340,9 @@ class WitWorld(wit_world.WitWorld):
 
     def tasks(self):
         return [
-            wit.TaskInfo(name=name, options=task_options(task))
+            wit.TaskInfo(
+                name=name, options=task_options(task), errback_parameters=errback_parameters(task)
+            )
             for name, task in sorted(_state.tasks.items())
         ]
 

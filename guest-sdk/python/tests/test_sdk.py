@@ -54,9 +54,18 @@ def _install_stub_bindings():
         retry_jitter: Optional[bool]
 
     @dataclass
+    class Parameters:
+        positional: List[str]
+        positional_only: int
+        keyword_only: List[str]
+        var_positional: bool
+        var_keyword: bool
+
+    @dataclass
     class TaskInfo:
         name: str
         options: TaskOptions
+        errback_parameters: Optional[Parameters]
 
     @dataclass
     class DeliveryInfo:
@@ -82,6 +91,7 @@ def _install_stub_bindings():
         reply_to: Optional[str]
         delivery_info: DeliveryInfo
         is_eager: bool
+        inline_errback: bool
 
     @dataclass
     class Exception_:
@@ -126,7 +136,7 @@ def _install_stub_bindings():
         ERROR = 3
         CRITICAL = 4
 
-    for cls in (TaskOptions, TaskInfo, DeliveryInfo, Request, RetryRequest, RejectRequest,
+    for cls in (TaskOptions, Parameters, TaskInfo, DeliveryInfo, Request, RetryRequest, RejectRequest,
                 TaskError_Raised, TaskError_Retry, TaskError_Reject, TaskError_Ignore, LogLevel):
         setattr(t, cls.__name__, cls)
     t.Exception = Exception_
@@ -266,6 +276,11 @@ def picky(which):
 
 
 @app2.task
+def shaped(a, b, /, c, *, d=None):
+    return [a, b, c, d]
+
+
+@app2.task
 def ignore_me():
     raise Ignore()
 
@@ -350,6 +365,7 @@ def request(task, retries=0, **fields):
         group_index=None, eta=None, expires=None, hostname="celery@test", origin="gen1@client",
         correlation_id="T-1", reply_to="reply-q",
         delivery_info=wit.DeliveryInfo("celery", "celery", None, False), is_eager=False,
+        inline_errback=False,
     )
     values.update(fields)
     return wit.Request(**values)
@@ -375,6 +391,48 @@ class ExampleTasks(unittest.TestCase):
         opts = infos["tasks.add"].options
         self.assertEqual(opts, wit.TaskOptions(None, False, None, None, None, None, None, None,
                                                None, [], None, None, None))
+
+    def test_errback_parameters(self):
+        infos = {i.name: i for i in WitWorld().tasks()}
+        self.assertEqual(infos["tasks.log_error"].errback_parameters,
+                         wit.Parameters(["request", "exc", "traceback"], 0, [], False, False))
+        self.assertEqual(infos["tasks.echo"].errback_parameters,
+                         wit.Parameters([], 0, [], True, True))
+        self.assertEqual(infos["test_sdk.shaped"].errback_parameters,
+                         wit.Parameters(["a", "b", "c"], 2, ["d"], False, False))
+        # Bound tasks are never called inline (Celery's __header__ is a partial for them).
+        self.assertIsNone(infos["tasks.retry_until"].errback_parameters)
+
+    def test_inline_errback_call(self):
+        failed = {"id": "T-9", "task": "tasks.fail", "args": ["boom"], "kwargs": {}}
+        exc = {"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"}
+        traceback = "Traceback (most recent call last):\n  ...\nValueError: boom\n"
+        self.assertEqual(
+            run("tasks.log_error", [failed, exc, traceback], inline_errback=True), ("ok", None))
+        self.assertEqual(host_ctx.calls, [(
+            "log", wit.LogLevel.WARNING,
+            "Task T-9 raised exception: ValueError('boom'); traceback ends with: ValueError: boom",
+        )])
+        # Without the flag it is an ordinary call whose first argument is a plain dict.
+        state, error = run("tasks.log_error", [failed, exc, traceback])
+        self.assertEqual(state, "err")
+        self.assertEqual(error.value.exc_type, "AttributeError")
+
+    def test_inline_errback_exceptions_are_rebuilt(self):
+        from celeriac_sdk.errors import exception_from_dict
+
+        known = exception_from_dict({"exc_type": "KeyError", "exc_message": ["k"], "exc_module": "builtins"})
+        self.assertIs(type(known), KeyError)
+        self.assertEqual(known.args, ("k",))
+        from celery.exceptions import ChordError
+
+        chord = exception_from_dict({"exc_type": "ChordError", "exc_message": ["Dependency x"],
+                                     "exc_module": "celery.exceptions"})
+        self.assertIs(type(chord), ChordError)
+        stand_in = exception_from_dict({"exc_type": "Gone", "exc_message": [1, 2], "exc_module": "app.errors"})
+        self.assertEqual((type(stand_in).__name__, type(stand_in).__module__, stand_in.args),
+                         ("Gone", "app.errors", (1, 2)))
+        self.assertIsInstance(stand_in, Exception)
 
     def test_add_mul_xsum(self):
         self.assertEqual(run("tasks.add", [2, 3]), ("ok", 5))

@@ -24,8 +24,8 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 pub use bindings::types::{
-    DeliveryInfo, Exception, LogLevel, RejectRequest, Request, RetryRequest, TaskError, TaskInfo,
-    TaskOptions,
+    DeliveryInfo, Exception, LogLevel, Parameters, RejectRequest, Request, RetryRequest, TaskError,
+    TaskInfo, TaskOptions,
 };
 pub use engine::EngineOptions;
 pub use kill::KillSwitch;
@@ -63,6 +63,36 @@ impl Default for TaskOptions {
     }
 }
 
+impl Request {
+    /// `task` run as `id` on the worker `hostname`, with nothing else set: no work-flow ids,
+    /// no retries, no delivery details, not eager.
+    pub fn new(id: String, task: String, hostname: String) -> Self {
+        Request {
+            id,
+            task,
+            retries: 0,
+            root_id: None,
+            parent_id: None,
+            group: None,
+            group_index: None,
+            eta: None,
+            expires: None,
+            hostname,
+            origin: None,
+            correlation_id: None,
+            reply_to: None,
+            delivery_info: DeliveryInfo {
+                exchange: String::new(),
+                routing_key: String::new(),
+                priority: None,
+                redelivered: false,
+            },
+            is_eager: false,
+            inline_errback: false,
+        }
+    }
+}
+
 /// Errors of the host side of the sandbox. A guest misbehaving is never one of these.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -74,7 +104,7 @@ pub enum SandboxError {
     #[error("not a valid WebAssembly component: {0:#}")]
     Compile(#[source] wasmtime::Error),
     /// A component does not satisfy the `celeriac:task/task` world.
-    #[error("does not fit the celeriac:task/task@0.1.0 world: {0:#}")]
+    #[error("does not fit the celeriac:task/task@0.2.0 world: {0:#}")]
     World(#[source] wasmtime::Error),
     /// A capability the policy grants could not be set up (e.g. a missing directory).
     #[error("cannot apply the component's policy: {0}")]

@@ -32,6 +32,16 @@ impl CeleryException {
         }
     }
 
+    /// `exc_type(message)`: an exception raised with one text argument.
+    pub fn from_message(exc_module: &str, exc_type: &str, message: &str) -> Self {
+        CeleryException::new(
+            exc_module,
+            exc_type,
+            vec![Value::from(message)],
+            message.to_owned(),
+        )
+    }
+
     /// `ExcType: message`, as Celery's log lines and the `run` command print it.
     pub fn summary(&self) -> String {
         if self.message.is_empty() {

@@ -460,6 +460,7 @@ impl<B: Broker, R: ResultBackend + 'static> TaskRun<'_, B, R> {
                 redelivered: self.delivery.redelivered,
             },
             is_eager: false,
+            inline_errback: false,
         }
     }
 }

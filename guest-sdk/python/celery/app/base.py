@@ -177,7 +177,7 @@ class Celery:
                        lazy=True, **options):
         name = name or gen_task_name(self, fun.__name__, fun.__module__)
         existing = _state.tasks.get(name)
-        if existing is not None and getattr(existing, "_celeriac_fun", None) is fun:
+        if existing is not None and getattr(type(existing), "_celeriac_fun", None) is fun:
             return existing
         base = _symbol_by_name(base) if base is not None else self.Task
         run = fun if bind else staticmethod(fun)
@@ -188,6 +188,7 @@ class Celery:
             run=run,
             _decorated=True,
             _celeriac_fun=fun,
+            _celeriac_bound=bool(bind),
             __doc__=fun.__doc__,
             __module__=fun.__module__,
             __qualname__=getattr(fun, "__qualname__", fun.__name__),

@@ -53,7 +53,10 @@ use syn::{
 /// may be left out. A parameter of type `celeriac_guest::Args` takes the remaining positional
 /// arguments (`*args`), one of type `celeriac_guest::Kwargs` the remaining keyword arguments
 /// (`**kwargs`); they come last, in that order. A first parameter `task: &Task` makes the task
-/// bound. Types are recognised by their last path segment (`Option`, `Args`, `Kwargs`, `Task`),
+/// bound. An unbound task with more than one free positional parameter (or `Args`) is what
+/// Celery calls a "new style" errback: used in a `link_error`, the worker where the task
+/// failed calls it inline with `(request, exc, traceback, *args)` as JSON values (see
+/// `Task`-less `rs.log_error` in the example crate). Types are recognised by their last path segment (`Option`, `Args`, `Kwargs`, `Task`),
 /// so do not rename them with `use … as`.
 ///
 /// # Return type
@@ -563,10 +566,14 @@ fn expand_task(attr: TokenStream2, func: &ItemFn) -> syn::Result<TokenStream2> {
     let mut call_args = Vec::new();
     let mut var_args = false;
     let mut var_kwargs = false;
+    let mut bound = false;
     for (position, (kind, span)) in kinds.iter().enumerate() {
         let local = format_ident!("__celeriac_arg{position}");
         match kind {
-            ParamKind::Task => call_args.push(quote!(__celeriac_task)),
+            ParamKind::Task => {
+                bound = true;
+                call_args.push(quote!(__celeriac_task));
+            }
             ParamKind::Value { name, ty, required } => {
                 let index = params.len();
                 params.push(
@@ -633,6 +640,7 @@ fn expand_task(attr: TokenStream2, func: &ItemFn) -> syn::Result<TokenStream2> {
             params: &[#(#params),*],
             var_args: #var_args,
             var_kwargs: #var_kwargs,
+            bound: #bound,
             options: #options,
             call: {
                 #[allow(unused_variables, unused_mut, clippy::unnecessary_wraps, clippy::let_unit_value)]

@@ -19,15 +19,28 @@ use crate::options::TaskSpec;
 use crate::retry;
 use crate::task::Task;
 
-/// The `tasks` export: every task's name and options.
+/// The `tasks` export: every task's name and options, and the parameters of unbound ones,
+/// which Celery's rule may call inline as errbacks.
 pub fn tasks(specs: &[&'static TaskSpec]) -> Vec<wit::TaskInfo> {
     specs
         .iter()
         .map(|spec| wit::TaskInfo {
             name: spec.name.to_owned(),
             options: spec.options.to_wit(),
+            errback_parameters: errback_parameters(spec),
         })
         .collect()
+}
+
+/// A Rust parameter binds by position or by name, like a Python positional-or-keyword one.
+fn errback_parameters(spec: &TaskSpec) -> Option<wit::Parameters> {
+    (!spec.bound).then(|| wit::Parameters {
+        positional: spec.params.iter().map(|p| p.name.to_owned()).collect(),
+        positional_only: 0,
+        keyword_only: Vec::new(),
+        var_positional: spec.var_args,
+        var_keyword: spec.var_kwargs,
+    })
 }
 
 /// The `run` export: runs `request.task` with the `args`/`kwargs` JSON.
@@ -172,6 +185,7 @@ mod tests {
         ],
         var_args: false,
         var_kwargs: false,
+        bound: false,
         options: StaticOptions::DEFAULT,
         call: |_, bound| {
             let x: i64 = bound.take(0)?;
@@ -186,6 +200,7 @@ mod tests {
         params: &[],
         var_args: false,
         var_kwargs: false,
+        bound: true,
         options: StaticOptions {
             autoretry_for: &["OSError"],
             retry_backoff: Some(1),
@@ -278,6 +293,21 @@ mod tests {
         assert_eq!(infos[1].options.autoretry_for, vec!["OSError".to_owned()]);
         assert_eq!(infos[1].options.retry_backoff, Some(1));
         assert_eq!(infos[0].options.max_retries, None);
+    }
+
+    #[test]
+    fn unbound_tasks_declare_their_errback_parameters() {
+        let infos = tasks(&[&ADD, &FLAKY]);
+        let add = infos[0]
+            .errback_parameters
+            .as_ref()
+            .expect("add is unbound");
+        assert_eq!(add.positional, vec!["x".to_owned(), "y".to_owned()]);
+        assert!(!add.var_positional && !add.var_keyword && add.keyword_only.is_empty());
+        assert_eq!(
+            infos[1].errback_parameters, None,
+            "a bound task is never inline"
+        );
     }
 
     #[test]

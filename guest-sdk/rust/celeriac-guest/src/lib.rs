@@ -141,6 +141,7 @@ pub mod __private {
                 redelivered: false,
             },
             is_eager: false,
+            inline_errback: false,
         }
     }
 }

@@ -115,6 +115,9 @@ pub struct TaskSpec {
     pub var_args: bool,
     /// Whether a `Kwargs` parameter collects extra keyword arguments.
     pub var_kwargs: bool,
+    /// Whether a first `task: &Task` parameter makes it bound: like Celery's `bind=True`
+    /// tasks, it is then never called inline as an errback.
+    pub bound: bool,
     /// The `#[task(...)]` options.
     pub options: StaticOptions,
     /// Calls the function with bound arguments.

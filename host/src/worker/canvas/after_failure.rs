@@ -1,10 +1,9 @@
 //! What follows a failure (spec §8.1, §8.3, §8.4; Celery's `mark_as_failure`): the chord
-//! part, the same FAILURE under every remaining chain step's id, then the errbacks, sent
-//! as one group of messages with the failed task's id first.
+//! part, the same FAILURE under every remaining chain step's id, then the errbacks.
 
 use std::collections::VecDeque;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::backend::{ChordPart, ExceptionInfo, ResultBackend, TaskMeta};
 use crate::broker::Broker;
@@ -14,11 +13,12 @@ use crate::protocol::{Sender, Signature, TaskMessage};
 use super::super::CeleryException;
 use super::super::execution::{TaskRun, store};
 use super::super::run_loop::WorkerContext;
-use super::{carry_out, chord, origin, plan, sender_of};
+use super::errbacks::{Failure, call_errbacks, request_json};
+use super::{chord, sender_of};
 
 /// Runs the canvas consequences of a task failing with `exception`; `store_errors` says
 /// whether its FAILURE is stored (then the remaining chain steps get it too).
-pub async fn after_failure<B: Broker, R: ResultBackend>(
+pub async fn after_failure<B: Broker, R: ResultBackend + 'static>(
     run: &TaskRun<'_, B, R>,
     exception: &CeleryException,
     store_errors: bool,
@@ -40,8 +40,17 @@ pub async fn after_failure<B: Broker, R: ResultBackend>(
     if store_errors {
         fail_chain(worker, &sender, &message.embed.chain, exception).await;
     }
-    let root_id = sender.root_id.as_deref().unwrap_or(&message.id);
-    send_errbacks(worker, &message.embed.errbacks, &message.id, root_id).await;
+    if message.embed.errbacks.is_empty() {
+        return;
+    }
+    let failure = Failure {
+        id: &message.id,
+        root_id: sender.root_id.as_deref().unwrap_or(&message.id),
+        request: request_json(&run.request(), &message.args, &message.kwargs),
+        exception,
+        traceback: exception.traceback.as_deref(),
+    };
+    call_errbacks(worker, &message.embed.errbacks, &failure).await;
 }
 
 /// Returns a revoked chord header part (`reason`: `revoked`, `expired`, `terminated`) to
@@ -82,11 +91,24 @@ pub(super) fn exception_json(exception: &CeleryException) -> String {
 
 /// `{"exc_type": …, "exc_message": […], "exc_module": …}` as kombu JSON text.
 fn exception_dict_json(exc_type: &str, exc_module: &str, exc_message: &[Value]) -> String {
-    to_kombu_json(&json!({
+    to_kombu_json(&exception_dict(exc_type, exc_module, exc_message))
+}
+
+/// `exception` as Celery's result backend encodes one.
+pub(super) fn exception_value(exception: &CeleryException) -> Value {
+    exception_dict(
+        &exception.exc_type,
+        &exception.exc_module,
+        &exception.exc_message,
+    )
+}
+
+fn exception_dict(exc_type: &str, exc_module: &str, exc_message: &[Value]) -> Value {
+    json!({
         "exc_type": exc_type,
         "exc_message": exc_message,
         "exc_module": exc_module,
-    }))
+    })
 }
 
 /// Stores `exception` as the FAILURE of every chain element that has an id (next step
@@ -142,44 +164,5 @@ pub(super) async fn fail_chain<B: Broker, R: ResultBackend>(
         {
             pending.push_back(body.clone());
         }
-    }
-}
-
-/// Sends `errbacks` as one new group with partial arguments `(failed_id,)`, parent
-/// `failed_id` and root `root_id` (Celery's `_call_task_errbacks` for "old style"
-/// errbacks).
-pub(super) async fn send_errbacks<B: Broker, R: ResultBackend>(
-    worker: &WorkerContext<B, R>,
-    errbacks: &[Value],
-    failed_id: &str,
-    root_id: &str,
-) {
-    let signatures: Vec<Signature> = errbacks
-        .iter()
-        .filter_map(|errback| {
-            Signature::from_value(errback)
-                .inspect_err(|err| tracing::error!("errback of task {failed_id} not sent: {err}"))
-                .ok()
-        })
-        .collect();
-    if signatures.is_empty() {
-        return;
-    }
-    let sender = Sender {
-        task_id: Some(failed_id.to_owned()),
-        root_id: Some(root_id.to_owned()),
-        origin: origin(&worker.config.nodename),
-    };
-    let mut options = Map::new();
-    options.insert("parent_id".into(), Value::from(failed_id));
-    options.insert("root_id".into(), Value::from(root_id));
-    let sent = match plan(worker, &sender, |applier| {
-        applier.apply_as_group(&signatures, &[Value::from(failed_id)], &options)
-    }) {
-        Ok(applied) => carry_out(worker, applied.actions).await,
-        Err(err) => Err(err.into()),
-    };
-    if let Err(err) = sent {
-        tracing::error!("errbacks of task {failed_id} not sent: {err}");
     }
 }

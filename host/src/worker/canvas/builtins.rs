@@ -23,13 +23,12 @@ use crate::broker::Broker;
 use crate::protocol::kombu_json::{from_kombu_json, to_kombu_json};
 use crate::protocol::{Signature, SignatureError};
 use crate::registry::{LoadedComponent, TaskTable};
-use crate::sandbox::{Invocation, RetryRequest, TaskOptions};
+use crate::sandbox::{RetryRequest, TaskOptions};
 
 use super::super::execution::TaskRun;
-use super::super::{CeleryException, HeaderTimeLimits, TaskState, TracingTaskEvents};
-use super::super::{resolve_limits, task_state};
+use super::super::{CeleryException, HeaderTimeLimits, TaskState};
 use super::chord::{fail_body, send_body};
-use super::{carry_out, plan, sender_of};
+use super::{carry_out, plan, run_inline, sender_of};
 
 /// How often `celery.chord_unlock` polls without an `interval` (Celery's
 /// `result_chord_retry_interval`).
@@ -124,7 +123,7 @@ pub async fn run_builtin<B: Broker, R: ResultBackend + 'static>(
         Builtin::ChordUnlock => return chord_unlock(run).await,
         Builtin::Group => legacy_group(run).await,
         Builtin::Chord => legacy_chord(run).await,
-        Builtin::Chain => Err(exception(
+        Builtin::Chain => Err(CeleryException::from_message(
             "builtins",
             "NotImplementedError",
             "chain is not a real task",
@@ -137,18 +136,8 @@ pub async fn run_builtin<B: Broker, R: ResultBackend + 'static>(
     }
 }
 
-fn exception(exc_module: &str, exc_type: &str, message: &str) -> CeleryException {
-    CeleryException {
-        exc_type: exc_type.into(),
-        exc_module: exc_module.into(),
-        exc_message: vec![Value::from(message)],
-        message: message.into(),
-        traceback: None,
-    }
-}
-
 fn type_error(message: &str) -> CeleryException {
-    exception("builtins", "TypeError", message)
+    CeleryException::from_message("builtins", "TypeError", message)
 }
 
 impl From<SignatureError> for CeleryException {
@@ -195,16 +184,6 @@ async fn map<B: Broker, R: ResultBackend + 'static>(
     let kwargs = &run.message.kwargs;
     let task = signature_kwarg(kwargs, "task")?;
     let items = list_kwarg(kwargs, "it")?;
-    let Some(component) = run.worker.registry.resolve(&task.task) else {
-        return Err(CeleryException {
-            exc_message: vec![Value::from(task.task.clone())],
-            ..exception("celery.exceptions", "NotRegistered", &task.task)
-        });
-    };
-    let options = component
-        .task(&task.task)
-        .map(|info| info.options.clone())
-        .unwrap_or_default();
     let mut results = Vec::with_capacity(items.len());
     for item in items {
         let args = match (star, item) {
@@ -215,36 +194,18 @@ async fn map<B: Broker, R: ResultBackend + 'static>(
         // The component runs the task the request names: the inner one.
         let mut request = run.request();
         request.task = task.task.clone();
-        let invocation = Invocation {
-            request,
-            args_json: to_kombu_json(&Value::Array(args)),
-            kwargs_json: "{}".into(),
-            limits: resolve_limits(
-                &run.worker.config.limits,
-                &options,
-                HeaderTimeLimits {
-                    hard: run.message.timelimit.hard,
-                    soft: run.message.timelimit.soft,
-                },
-            ),
-            events: Arc::new(TracingTaskEvents {
-                task_name: task.task.clone(),
-                task_id: run.message.id.clone(),
-            }),
+        let header = HeaderTimeLimits {
+            hard: run.message.timelimit.hard,
+            soft: run.message.timelimit.soft,
         };
-        let report = run
-            .worker
-            .sandbox
-            .run(&component.prepared, invocation)
-            .await
-            .map_err(|err| exception("billiard.exceptions", "WorkerLostError", &err.to_string()))?;
-        match task_state(&report.outcome) {
+        let args_json = to_kombu_json(&Value::Array(args));
+        match run_inline(run.worker, request, args_json, "{}".into(), header).await? {
             TaskState::Success(result) => {
                 results.push(from_kombu_json(&result).map_err(|err| type_error(&err.to_string()))?)
             }
             TaskState::Failure(exception) => return Err(exception),
             _ => {
-                return Err(exception(
+                return Err(CeleryException::from_message(
                     "builtins",
                     "RuntimeError",
                     &format!(

@@ -12,7 +12,8 @@ use crate::protocol::{Sender, Signature};
 use super::super::CeleryException;
 use super::super::execution::store;
 use super::super::run_loop::WorkerContext;
-use super::after_failure::{fail_chain, send_errbacks};
+use super::after_failure::fail_chain;
+use super::errbacks::{Failure, call_errbacks};
 use super::{CanvasError, carry_out, plan};
 
 /// Records `part` of the chord whose body is `body`, and fires the body when this part
@@ -126,7 +127,21 @@ pub(super) async fn fail_body<B: Broker, R: ResultBackend>(
         _ => Vec::new(),
     };
     let root_id = body.option_str("root_id").unwrap_or(&body_id).to_owned();
-    send_errbacks(worker, &errbacks, &body_id, &root_id).await;
+    // Celery's `_create_fake_task_request`: the body's signature dict as the request.
+    let mut request = body.to_value();
+    if let Value::Object(fields) = &mut request {
+        fields.insert("id".into(), Value::from(body_id.as_str()));
+        fields.insert("errbacks".into(), Value::Array(errbacks.clone()));
+        fields.insert("delivery_info".into(), Value::Object(Map::new()));
+    }
+    let failure = Failure {
+        id: &body_id,
+        root_id: &root_id,
+        request,
+        exception: &exception,
+        traceback: None,
+    };
+    call_errbacks(worker, &errbacks, &failure).await;
     let meta = TaskMeta::failure(
         &body_id,
         ExceptionInfo {

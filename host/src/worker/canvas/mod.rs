@@ -5,21 +5,24 @@
 //!
 //! * `apply`: what applying a signature publishes (pure);
 //! * `after_success`, `after_failure`: what follows a task's end, in Celery's order;
+//! * `errbacks`: a failed task's errbacks, called inline ("new style") or sent;
 //! * `chord`: a header part's return and sending (or failing) the body;
-//! * `builtins`: `celery.map`, `celery.starmap`, `celery.chunks`, … run by the host.
+//! * `builtins`: `celery.map`, `celery.starmap`, `celery.chunks`, … run by the host;
+//! * `inline`: running a task inside another one's work (map items, inline errbacks).
 //!
-//! Errbacks are always sent as messages with the failed task's id first (Celery's "old
-//! style"): Celery calls an errback in-process with `(request, exc, traceback)` only when
-//! it is a Python function of its own process taking more than one free positional
-//! parameter; a component task cannot receive live Python request and exception objects,
-//! and its arity is not known to the host, so celeriac does what Celery does for an
-//! errback not registered in the failing worker.
+//! A component declares which of its tasks may be "new style" errbacks and their
+//! positional parameters (`task-info.errback-parameters`); the host applies Celery 5.7's
+//! arity rule to each errback signature and calls those in a fresh instance with the
+//! failed request, the exception and the traceback as JSON, which the Python SDK turns
+//! back into a `Context` and an exception instance.
 
 mod after_failure;
 mod after_success;
 mod apply;
 mod builtins;
 mod chord;
+mod errbacks;
+mod inline;
 
 use serde_json::Value;
 
@@ -29,6 +32,7 @@ use crate::protocol::{Sender, SignatureError, TaskMessage};
 
 use super::run_loop::WorkerContext;
 use apply::{Action, Applied, Applier};
+use inline::run_inline;
 
 /// Several plans' actions, in order, and their result tuples.
 fn flatten(plans: Vec<Applied>) -> (Vec<Action>, Vec<Value>) {

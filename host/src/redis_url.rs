@@ -11,6 +11,8 @@ use std::sync::Once;
 
 use redis::{Client, ClientTlsConfig, TlsCertificates};
 
+use crate::url::{SslOptions, SslOptionsError};
+
 /// Why a Redis URL cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -18,31 +20,19 @@ pub enum RedisUrlError {
     /// The URL does not parse, or the Redis client refuses it.
     #[error("{0}")]
     Invalid(String),
-    /// A certificate or key file named by the URL cannot be read.
-    #[error("cannot read {option} {path}: {source}")]
-    File {
-        /// The query option naming it.
-        option: &'static str,
-        /// The path given.
-        path: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An `ssl_*` option is wrong, or a file it names cannot be used.
+    #[error(transparent)]
+    Ssl(#[from] SslOptionsError),
 }
 
 /// The Redis client for `url`.
 pub fn client(url: &str) -> Result<Client, RedisUrlError> {
     let mut parsed = url::Url::parse(url).map_err(|e| RedisUrlError::Invalid(e.to_string()))?;
-    let mut tls = TlsOptions::default();
+    let mut ssl = SslOptions::default();
     let mut kept = Vec::new();
     for (name, value) in parsed.query_pairs() {
-        match name.as_ref() {
-            "ssl_cert_reqs" => tls.verify = !is_cert_none(&value),
-            "ssl_ca_certs" => tls.ca_certs = Some(value.into_owned()),
-            "ssl_certfile" => tls.certfile = Some(value.into_owned()),
-            "ssl_keyfile" => tls.keyfile = Some(value.into_owned()),
-            _ => kept.push((name.into_owned(), value.into_owned())),
+        if !ssl.take(&name, &value)? {
+            kept.push((name.into_owned(), value.into_owned()));
         }
     }
     if kept.is_empty() {
@@ -54,77 +44,30 @@ pub fn client(url: &str) -> Result<Client, RedisUrlError> {
         return Client::open(parsed.as_str()).map_err(|e| RedisUrlError::Invalid(e.to_string()));
     }
     install_crypto_provider();
-    if !tls.verify {
+    if !ssl.verifies() {
         parsed.set_fragment(Some("insecure"));
     }
-    let certificates = tls.certificates()?;
-    let opened = match certificates {
+    let opened = match certificates(&ssl)? {
         Some(certificates) => Client::build_with_tls(parsed.as_str(), certificates),
         None => Client::open(parsed.as_str()),
     };
     opened.map_err(|e| RedisUrlError::Invalid(e.to_string()))
 }
 
-/// Celery's `ssl_cert_reqs` values that turn verification off.
-fn is_cert_none(value: &str) -> bool {
-    matches!(value.to_ascii_lowercase().as_str(), "none" | "cert_none")
-}
-
-/// Celery's `ssl_*` options of one URL.
-struct TlsOptions {
-    verify: bool,
-    ca_certs: Option<String>,
-    certfile: Option<String>,
-    keyfile: Option<String>,
-}
-
-impl Default for TlsOptions {
-    fn default() -> Self {
-        TlsOptions {
-            verify: true,
-            ca_certs: None,
-            certfile: None,
-            keyfile: None,
-        }
+/// The certificates to use instead of the defaults, if any option names one.
+fn certificates(ssl: &SslOptions) -> Result<Option<TlsCertificates>, SslOptionsError> {
+    let root_cert = ssl.read_ca_certs()?;
+    let client_tls = ssl.read_client_identity()?.map(|identity| ClientTlsConfig {
+        client_cert: identity.cert,
+        client_key: identity.key,
+    });
+    if root_cert.is_none() && client_tls.is_none() {
+        return Ok(None);
     }
-}
-
-impl TlsOptions {
-    /// The certificates to use instead of the defaults, if any option names one.
-    fn certificates(&self) -> Result<Option<TlsCertificates>, RedisUrlError> {
-        let root_cert = read_option("ssl_ca_certs", self.ca_certs.as_deref())?;
-        let client_tls = match (&self.certfile, &self.keyfile) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => Some(ClientTlsConfig {
-                client_cert: read("ssl_certfile", cert)?,
-                client_key: read("ssl_keyfile", key)?,
-            }),
-            _ => {
-                return Err(RedisUrlError::Invalid(
-                    "ssl_certfile and ssl_keyfile go together".to_owned(),
-                ));
-            }
-        };
-        if root_cert.is_none() && client_tls.is_none() {
-            return Ok(None);
-        }
-        Ok(Some(TlsCertificates {
-            client_tls,
-            root_cert,
-        }))
-    }
-}
-
-fn read_option(option: &'static str, path: Option<&str>) -> Result<Option<Vec<u8>>, RedisUrlError> {
-    path.map(|path| read(option, path)).transpose()
-}
-
-fn read(option: &'static str, path: &str) -> Result<Vec<u8>, RedisUrlError> {
-    std::fs::read(path).map_err(|source| RedisUrlError::File {
-        option,
-        path: path.to_owned(),
-        source,
-    })
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
 }
 
 /// rustls needs one process-wide crypto provider; ring is the one this build carries.

@@ -1,5 +1,9 @@
 //! Broker and result-backend URLs: what every transport needs from them, in one place.
 
+mod ssl;
+
+pub use self::ssl::{CertReqs, ClientIdentity, SslOptions, SslOptionsError};
+
 /// `url` with the password (if any) replaced by `***`, for error messages and logs.
 pub fn redact_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {

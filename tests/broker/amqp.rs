@@ -380,6 +380,50 @@ async fn dropped_connection_is_a_connection_error_and_the_next_fetch_resumes() {
     h.cleanup().await;
 }
 
+/// A task that finishes just after the connection dropped, before any fetch noticed,
+/// settles its delivery on a channel that is gone: that must end (the server requeued the
+/// message), never wait forever holding the turn every later ack needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_a_delivery_of_a_dropped_connection_ends_and_later_acks_go_through() {
+    let h = AmqpHarness::new().await;
+    let q = h.queue("settle-after-drop");
+    for id in ["1", "2", "3"] {
+        h.broker
+            .publish("", &q, &message(id, None))
+            .await
+            .expect("publish");
+    }
+    let broker = h.broker();
+    let held = broker
+        .fetch(std::slice::from_ref(&q), 2)
+        .await
+        .expect("fetch");
+    assert_eq!(held.len(), 2, "two deliveries in hand");
+    assert_eq!(close_connections_named(&format!("{} consumer", h.name)), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ack = tokio::time::timeout(WAIT, broker.ack(held[0].delivery_tag())).await;
+    assert!(ack.is_ok(), "an ack on the dropped connection never ended");
+    let reject = tokio::time::timeout(WAIT, broker.reject(held[1].delivery_tag(), true)).await;
+    assert!(reject.is_ok(), "a reject on the dropped connection never ended");
+
+    let mut seen = Vec::new();
+    let all_three = tokio::time::timeout(WAIT * 2, async {
+        while seen.len() < 3 {
+            if let Ok(got) = broker.fetch(std::slice::from_ref(&q), 3).await {
+                for delivery in got {
+                    broker.ack(delivery.delivery_tag()).await.expect("ack on the new connection");
+                    seen.push(delivery.body);
+                }
+            }
+        }
+    })
+    .await;
+    assert!(all_three.is_ok(), "{} of 3 messages came back and were acked", seen.len());
+    broker.close().await;
+    assert_eq!(h.waiting(&q).await, 0, "every ack on the new connection reached the server");
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_reconnects_after_the_connection_dropped() {
     let h = AmqpHarness::new().await;
@@ -416,6 +460,41 @@ async fn unreachable_server_is_a_connection_error_naming_it() {
     let text = err.to_string();
     assert!(text.contains("127.0.0.1:1"), "{text}");
     assert!(!text.contains("s3cret"), "{text}");
+}
+
+/// A listener that accepts and never speaks (a server still booting, the wrong service on
+/// the port): the attempt fails after `connect_timeout` as a connection error, to be
+/// retried, rather than waiting forever.
+#[tokio::test]
+async fn a_server_that_never_answers_the_handshake_times_out() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("address").port();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}//?connect_timeout=0.3");
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(WAIT, AmqpBroker::connect(&url))
+        .await
+        .expect("the attempt ends")
+        .err()
+        .expect("nothing answers");
+    assert!(err.is_connection(), "{err}");
+    assert!(
+        matches!(err, BrokerError::TimedOut { op: "connect", .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("within 0.3s"),
+        "the message says how long it waited: {err}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    held.abort();
 }
 
 #[tokio::test]

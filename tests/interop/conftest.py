@@ -156,19 +156,33 @@ def make_certificates(directory):
     self-signed CA certificate cannot serve as the server's own: rustls refuses it), as
     (ca.pem, cert.pem, key.pem) paths in `directory`."""
     ca, ca_key = directory / "ca.pem", directory / "ca-key.pem"
-    cert, key, request = directory / "cert.pem", directory / "key.pem", directory / "cert.csr"
-    extensions = directory / "cert.ext"
-    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for argv in (
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", ca_key,
-         "-out", ca, "-subj", "/CN=celeriac test CA"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", request,
-         "-subj", "/CN=localhost"],
-        ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-         "-days", "2", "-out", cert, "-extfile", extensions],
-    ):
-        subprocess.run(["openssl", *map(str, argv)], check=True, capture_output=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", ca_key,
+             "-out", ca, "-subj", "/CN=celeriac test CA")
+    cert, key = _sign(directory, "cert", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1")
     return ca, cert, key
+
+
+def make_client_certificate(directory):
+    """A client certificate signed by the CA `make_certificates(directory)` made, as
+    (client.pem, client-key.pem) paths in `directory`."""
+    return _sign(directory, "client", "/CN=celeriac test client", "extendedKeyUsage=clientAuth")
+
+
+def _sign(directory, name, subject, extension):
+    """A key and a certificate for `subject` with `extension`, signed by the CA in
+    `directory`, as (<name>.pem, <name>-key.pem) paths there."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    request, extensions = directory / f"{name}.csr", directory / f"{name}.ext"
+    extensions.write_text(extension + "\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", request, "-subj", subject)
+    _openssl("x509", "-req", "-in", request, "-CA", directory / "ca.pem", "-CAkey",
+             directory / "ca-key.pem", "-CAcreateserial", "-days", "2", "-out", cert,
+             "-extfile", extensions)
+    return cert, key
+
+
+def _openssl(*argv):
+    subprocess.run(["openssl", *map(str, argv)], check=True, capture_output=True)
 
 
 class RedisServer:

@@ -26,8 +26,8 @@ pub fn unique_queue(what: &str) -> String {
 /// A plain connection to the test server; panics naming the URL if it is unreachable.
 pub async fn raw() -> Connection {
     let url = amqp_url();
-    let uri = celeriac::broker::amqp::parse_url(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
-    Connection::connect_uri(uri, ConnectionProperties::default())
+    let parsed = celeriac::broker::amqp::parse_url(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    Connection::connect_uri(parsed.uri, ConnectionProperties::default())
         .await
         .unwrap_or_else(|e| panic!("RabbitMQ at {url} is unreachable: {e}"))
 }

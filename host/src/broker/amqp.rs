@@ -44,9 +44,27 @@
 //!
 //! `amqp://user:password@host:port/vhost` as kombu reads it: `guest:guest@localhost:5672`
 //! by default, `//` or `/%2F` for the vhost `/` (so is no path), `pyamqp://` as a synonym,
-//! `?heartbeat=S` (default: the server's proposal, 60 s on RabbitMQ). `amqps://` connects
-//! over TLS (rustls, system root certificates); Celery's `broker_use_ssl` options
-//! (client certificates, a private CA) are not read yet.
+//! `?heartbeat=S` (default: the server's proposal, 60 s on RabbitMQ), `?connect_timeout=S`
+//! (default 4 s, Celery's `broker_connection_timeout`: a connection attempt, handshake
+//! included, that takes longer fails and is retried).
+//!
+//! `amqps://` (and `pyamqps://`, port 5671) connects over TLS with rustls, trusting the
+//! system's root certificates. Celery's `broker_use_ssl` keys are read as query options
+//! with an `ssl_` prefix, as on `rediss://` ([`crate::url::SslOptions`]):
+//!
+//! * `ssl_ca_certs=/ca.pem`: CA certificates (PEM) trusted beside the system's roots, for a
+//!   server with a private CA;
+//! * `ssl_certfile=/cert.pem&ssl_keyfile=/key.pem`: a client certificate and its key (PEM),
+//!   presented when the server asks for one;
+//! * `ssl_cert_reqs=required` (or `optional`, the same for a client): the default.
+//!   `none`/`CERT_NONE` is refused ([`UriError::CertNone`]): lapin's rustls connector
+//!   always verifies the server, and silently verifying anyway would hide that.
+//!
+//! The files are read and checked when the URL is parsed, so a missing or non-PEM file is
+//! named before any connection is tried; a later reconnect uses what was read then. Every
+//! connection (consuming, publishing and `rpc://` replies, broadcast subscriptions) uses the
+//! same settings. On a plain `amqp://` URL an `ssl_*` option is an error
+//! ([`UriError::SslWithoutTls`]): the connection would be in clear text.
 //!
 //! # Options ([`AmqpOptions`])
 //!
@@ -71,7 +89,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use lapin::options::BasicQosOptions;
-use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::Notify;
 
@@ -88,10 +105,11 @@ use self::session::{Consumed, Incoming, Session};
 
 pub use self::replies::{ReplyRoute, ReplySender};
 pub use self::topology::{Declared, queue_arguments};
+pub use self::uri::{AmqpUrl, UriError};
 
 /// Reads a Celery `amqp://` URL as kombu does (see the module docs) into lapin's
-/// connection parameters.
-pub fn parse_url(url: &str) -> Result<AMQPUri, String> {
+/// connection parameters and TLS settings.
+pub fn parse_url(url: &str) -> Result<AmqpUrl, UriError> {
     uri::parse(url)
 }
 
@@ -130,8 +148,8 @@ impl Default for AmqpOptions {
 pub struct AmqpBroker {
     /// The options, fixed at connect time.
     options: AmqpOptions,
-    /// Where to connect.
-    uri: AMQPUri,
+    /// Where to connect, and with which TLS settings.
+    target: AmqpUrl,
     /// The URL without its password, for errors.
     url: String,
     /// The publishing connection, shared with the rpc:// backend.
@@ -183,16 +201,16 @@ impl AmqpBroker {
     /// server fails here); the consuming one opens with the first fetch.
     pub async fn connect_with(url: &str, options: AmqpOptions) -> Result<Self, BrokerError> {
         let redacted = redact_password(url);
-        let uri = uri::parse(url).map_err(|reason| BrokerError::InvalidUrl {
+        let target = uri::parse(url).map_err(|err| BrokerError::InvalidUrl {
             transport: TRANSPORT,
             url: redacted.clone(),
-            reason,
+            reason: err.to_string(),
         })?;
         let name = format!("{} publisher", options.connection_name);
-        let link = Link::connect(uri.clone(), redacted.clone(), name).await?;
+        let link = Link::connect(target.clone(), redacted.clone(), name).await?;
         Ok(AmqpBroker {
             options,
-            uri,
+            target,
             url: redacted,
             link: Arc::new(link),
             routes: Arc::default(),
@@ -266,7 +284,7 @@ impl AmqpBroker {
             if slot.is_none() {
                 let id = self.sessions.fetch_add(1, Ordering::Relaxed);
                 let name = format!("{} consumer", self.options.connection_name);
-                let session = Session::open(id, &self.uri, &self.url, &name).await?;
+                let session = Session::open(id, &self.target, &self.url, &name).await?;
                 *self.qos.applied.lock().await = Applied {
                     channel: Some(session.channel.clone()),
                     count: None,
@@ -482,16 +500,32 @@ impl Broker for AmqpBroker {
         queue: &BroadcastQueue,
     ) -> Result<Subscription, BrokerError> {
         let name = format!("{} control", self.options.connection_name);
-        broadcast::subscribe(&self.uri, &self.url, &name, queue).await
+        broadcast::subscribe(&self.target, &self.url, &name, queue).await
     }
 }
 
-/// Opens a connection named `name` (as RabbitMQ lists it) on the current tokio runtime.
-async fn connect(uri: &AMQPUri, url: &str, name: &str) -> Result<Connection, BrokerError> {
+/// Opens a connection named `name` (as RabbitMQ lists it) on the current tokio runtime,
+/// with the URL's TLS settings, within its `connect_timeout`: every connection of the
+/// broker (consuming, publishing, broadcast) goes through here. lapin has no handshake
+/// timeout of its own, so a server that accepts the TCP connection and never answers would
+/// otherwise hold the worker forever.
+async fn connect(target: &AmqpUrl, url: &str, name: &str) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect_uri(uri.clone(), properties)
-        .await
-        .map_err(amqp_error("connect", url))
+    let runtime = lapin::runtime::default_runtime().map_err(amqp_error("connect", url))?;
+    let handshake = Connection::connect_uri_with_config(
+        target.uri.clone(),
+        properties,
+        target.tls_config(),
+        runtime,
+    );
+    match tokio::time::timeout(target.connect_timeout, handshake).await {
+        Ok(connected) => connected.map_err(amqp_error("connect", url)),
+        Err(_) => Err(BrokerError::TimedOut {
+            op: "connect",
+            target: url.to_owned(),
+            after: target.connect_timeout,
+        }),
+    }
 }
 
 /// Turns a lapin error into a [`BrokerError::Amqp`] about `op` on `target`.

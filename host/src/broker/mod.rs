@@ -86,6 +86,19 @@ pub enum BrokerError {
         /// What ended it.
         reason: String,
     },
+    /// An AMQP operation got no answer in time: a connection whose handshake stalls (a
+    /// server still booting, or something else listening on the port), or a frame for a
+    /// channel that closed meanwhile, which lapin never settles. Treated as a lost
+    /// connection.
+    #[error("amqp {op} on {target:?} got no answer within {}s", after.as_secs_f64())]
+    TimedOut {
+        /// The operation (`connect`, `basic.ack`, ...).
+        op: &'static str,
+        /// The queue or URL the operation was about.
+        target: String,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
     /// The server refused a published message (`basic.nack` under publisher confirms).
     #[error(
         "amqp publish to exchange {exchange:?} with routing key {routing_key:?} was not confirmed"
@@ -131,7 +144,7 @@ impl BrokerError {
                     || source.is_unrecoverable_error()
             }
             BrokerError::Amqp { source, .. } => amqp::is_connection_error(source),
-            BrokerError::ConsumerLost { .. } => true,
+            BrokerError::ConsumerLost { .. } | BrokerError::TimedOut { .. } => true,
             BrokerError::InvalidUrl { .. }
             | BrokerError::MalformedEnvelope { .. }
             | BrokerError::NotConfirmed { .. }
@@ -260,6 +273,18 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// A JSON message (`application/json`, `utf-8`) with `headers`: what events, control
+    /// replies and deploy replies carry.
+    pub fn json(body: Vec<u8>, headers: Map<String, Value>) -> Self {
+        Outgoing {
+            body,
+            content_type: "application/json".to_owned(),
+            content_encoding: "utf-8".to_owned(),
+            headers,
+            ..Outgoing::default()
+        }
+    }
+
     /// The same message again, as it was delivered: body, headers and properties
     /// unchanged, its expiration counted from now.
     pub fn copy_of(delivery: &Delivery) -> Self {

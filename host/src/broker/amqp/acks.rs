@@ -7,9 +7,15 @@
 //! for its ETA, say) one by one, so `multiple` never takes in a message that was not done.
 //! Rejects go through the same turn, so a reject is on the wire before any `multiple` ack
 //! that would otherwise cover its tag.
+//!
+//! Each frame gets [`SETTLE_TIMEOUT`]: lapin drops a settle asked for on a channel that
+//! is closing without ever answering it, and a turn waiting on that forever would stop
+//! every later ack, and with them the worker (a RabbitMQ restart in the middle of an ack
+//! did exactly that).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use lapin::Acker;
@@ -18,6 +24,10 @@ use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use crate::broker::BrokerError;
 
 use super::amqp_error;
+
+/// How long writing one ack or reject may take. On an open connection it is a write to
+/// the socket buffer, done in well under a millisecond.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One unsettled delivery.
 struct Entry {
@@ -137,7 +147,7 @@ impl Ledger {
             .map(|(acker, queue)| (acker, queue, BasicAckOptions::default()));
         let written = join_all(bottom_run.into_iter().chain(singles).map(
             |(acker, queue, options)| async move {
-                let written = acker.ack(options).await;
+                let written = tokio::time::timeout(SETTLE_TIMEOUT, acker.ack(options)).await;
                 write(&acker, &queue, "basic.ack", written)
             },
         ))
@@ -151,7 +161,8 @@ impl Ledger {
         let Some(Entry { queue, acker, .. }) = remove(&mut self.lock(), tag) else {
             return Ok(());
         };
-        let written = acker.reject(BasicRejectOptions { requeue }).await;
+        let rejected = acker.reject(BasicRejectOptions { requeue });
+        let written = tokio::time::timeout(SETTLE_TIMEOUT, rejected).await;
         write(&acker, &queue, "basic.reject", written)
     }
 }
@@ -205,14 +216,20 @@ fn plan_acks(deliveries: &mut Deliveries) -> Plan {
     }
 }
 
-/// The outcome of writing one frame: a lapin error, or the channel gone before it (the
-/// server requeues the message, so the worker must learn the session ended).
+/// The outcome of writing one frame: a lapin error, no answer in time, or the channel
+/// gone before it (the server requeues the message, so the worker must learn the session
+/// ended).
 fn write(
     acker: &Acker,
     queue: &str,
     op: &'static str,
-    written: lapin::Result<bool>,
+    written: Result<lapin::Result<bool>, tokio::time::error::Elapsed>,
 ) -> Result<(), BrokerError> {
+    let written = written.map_err(|_| BrokerError::TimedOut {
+        op,
+        target: queue.to_owned(),
+        after: SETTLE_TIMEOUT,
+    })?;
     let done = written.map_err(amqp_error(op, queue))?;
     if !done && acker.poisoned() {
         return Err(BrokerError::ConsumerLost {

@@ -8,14 +8,13 @@ use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::uri::AMQPUri;
 use lapin::{Channel, ExchangeKind as LapinKind};
 use tokio::sync::mpsc;
 
 use crate::broker::{BroadcastExchange, BroadcastQueue, BrokerError, ExchangeKind, Subscription};
 
 use super::fields::{delivery, short};
-use super::{amqp_error, connect};
+use super::{AmqpUrl, amqp_error, connect};
 
 /// Declares `exchange` on `channel` with exactly its flags.
 pub(super) async fn declare_exchange(
@@ -61,12 +60,12 @@ fn queue_arguments(queue: &BroadcastQueue) -> FieldTable {
 /// consumes the queue without acks; every message goes to the returned subscription
 /// until the connection or channel closes.
 pub(super) async fn subscribe(
-    uri: &AMQPUri,
+    target: &AmqpUrl,
     url: &str,
     name: &str,
     queue: &BroadcastQueue,
 ) -> Result<Subscription, BrokerError> {
-    let connection = connect(uri, url, name).await?;
+    let connection = connect(target, url, name).await?;
     let channel = connection
         .create_channel()
         .await

@@ -6,19 +6,18 @@
 use std::collections::HashSet;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use crate::broker::{BroadcastExchange, BrokerError};
 
 use super::fields::short;
 use super::topology::{Declared, declare_task_queue, delete_queue};
-use super::{amqp_error, connect};
+use super::{AmqpUrl, amqp_error, connect};
 
 /// A publishing connection, opened on demand.
 pub(super) struct Link {
-    /// Where to connect.
-    uri: AMQPUri,
+    /// Where to connect, and with which TLS settings.
+    target: AmqpUrl,
     /// The URL without its password, for errors.
     url: String,
     /// The name RabbitMQ lists the connection under.
@@ -48,12 +47,12 @@ impl Live {
 impl Link {
     /// Connects now, so a bad URL, bad credentials or an unreachable server fail at once.
     pub(super) async fn connect(
-        uri: AMQPUri,
+        target: AmqpUrl,
         url: String,
         name: String,
     ) -> Result<Link, BrokerError> {
         let link = Link {
-            uri,
+            target,
             url,
             name,
             live: tokio::sync::Mutex::new(None),
@@ -168,7 +167,7 @@ impl Link {
             return Ok(slot.as_mut().expect("checked to be Some just above"));
         }
         *slot = None;
-        let connection = connect(&self.uri, &self.url, &self.name).await?;
+        let connection = connect(&self.target, &self.url, &self.name).await?;
         let channel = connection
             .create_channel()
             .await

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use lapin::message::DeliveryResult;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
-use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection};
 use tokio::sync::mpsc;
 
@@ -17,7 +16,7 @@ use crate::broker::BrokerError;
 
 use super::fields::short;
 use super::topology::declare_task_queue;
-use super::{amqp_error, connect};
+use super::{AmqpUrl, amqp_error, connect};
 
 /// What a consumer passes to [`Session::receiver`].
 pub(super) enum Incoming {
@@ -68,11 +67,11 @@ impl Session {
     /// Opens a connection and its channel.
     pub(super) async fn open(
         id: u64,
-        uri: &AMQPUri,
+        target: &AmqpUrl,
         url: &str,
         name: &str,
     ) -> Result<Session, BrokerError> {
-        let connection = connect(uri, url, name).await?;
+        let connection = connect(target, url, name).await?;
         let channel = connection
             .create_channel()
             .await

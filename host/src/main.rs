@@ -17,7 +17,7 @@ fn main() {
         Command::Build(args) => match cli::build::run(&args) {
             Ok(()) => exit::SUCCESS,
             Err(err) => {
-                eprintln!("error: {err:#}");
+                eprintln!("error: {}", cli::error_report(&err));
                 exit::USAGE
             }
         },

@@ -73,10 +73,28 @@ pub fn run_async(command: impl std::future::Future<Output = anyhow::Result<i32>>
     match runtime.block_on(command) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_report(&err));
             exit::USAGE
         }
     }
+}
+
+/// `err` and its causes on one line, `outer: inner: …`, leaving out a cause whose text the
+/// line already holds: the library's errors name their source in their own message too,
+/// and `{:#}` would print it twice.
+pub fn error_report(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// The task to call and its arguments, shared by `run` and `call`.
@@ -216,7 +234,7 @@ mod tests {
     use clap::Parser;
     use clap::error::ErrorKind;
 
-    use super::Cli;
+    use super::{Cli, error_report};
 
     #[test]
     fn valid_command_lines_parse() {
@@ -402,5 +420,25 @@ mod tests {
                 Err(err) => assert_eq!(err.kind(), *kind, "{argv:?}: {err}"),
             }
         }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot connect: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::other("connection refused");
+        let err = anyhow::Error::new(Outer(io)).context("broker redis://h");
+        assert_eq!(
+            error_report(&err),
+            "broker redis://h: cannot connect: connection refused"
+        );
+    }
+
+    #[test]
+    fn a_cause_not_in_the_message_is_appended() {
+        let err = anyhow::Error::new(std::io::Error::other("refused")).context("broker");
+        assert_eq!(error_report(&err), "broker: refused");
     }
 }

@@ -8,8 +8,7 @@ use anyhow::Context as _;
 
 use celeriac::registry::Registry;
 use celeriac::sandbox::{
-    DeliveryInfo, EngineOptions, Invocation, Request, RetryRequest, Sandbox, SandboxLimits,
-    TaskOptions,
+    EngineOptions, Invocation, Request, RetryRequest, Sandbox, SandboxLimits, TaskOptions,
 };
 use celeriac::worker::{self, CeleryException, HeaderTimeLimits, TaskState, TracingTaskEvents};
 
@@ -164,25 +163,15 @@ fn retry_wait(retry: &RetryRequest, options: &TaskOptions) -> Duration {
 fn local_request(task_id: &str, name: &str, retries: u32) -> Request {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     Request {
-        id: task_id.to_string(),
-        task: name.to_string(),
         retries,
         root_id: Some(task_id.to_string()),
-        parent_id: None,
-        group: None,
-        group_index: None,
-        eta: None,
-        expires: None,
-        hostname: format!("celeriac@{host}"),
         origin: Some(format!("gen{}@{host}", std::process::id())),
         correlation_id: Some(task_id.to_string()),
-        reply_to: None,
-        delivery_info: DeliveryInfo {
-            exchange: String::new(),
-            routing_key: String::new(),
-            priority: None,
-            redelivered: false,
-        },
         is_eager: true,
+        ..Request::new(
+            task_id.to_string(),
+            name.to_string(),
+            format!("celeriac@{host}"),
+        )
     }
 }

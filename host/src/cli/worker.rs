@@ -236,13 +236,23 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     let cold = async move {
         let _ = second.wait_for(|count| *count >= 2).await;
     };
+    // On a runtime thread, not the one blocked in `block_on`: handing each delivery from
+    // there to the runtime's threads would wake one of them for every task.
+    let mut running = tokio::spawn(worker::run_with(
+        config, sandbox, registry, broker, handle, shutdown,
+    ));
     let code = tokio::select! {
-        result = worker::run_with(config, sandbox, registry, broker, handle, shutdown) => {
-            result?;
+        joined = &mut running => {
+            match joined {
+                Ok(result) => result?,
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                Err(err) => return Err(err.into()),
+            }
             exit::SUCCESS
         }
         // Returning (rather than exiting here) lets main flush the log lines still queued.
         () = cold => {
+            running.abort();
             tracing::warn!("worker: Cold shutdown (second signal)");
             exit::TASK_FAILED
         }

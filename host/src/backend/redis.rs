@@ -9,7 +9,8 @@
 //! * Every write is published on a channel named like the key, so clients waiting on
 //!   `SUBSCRIBE` wake up at once (the PUBLISH is what they listen to).
 //! * A stored SUCCESS is never overwritten (a redelivered duplicate cannot clobber it).
-//! * The write is `MULTI`/`SETEX`/`PUBLISH`/`EXEC` in one round trip.
+//! * The write is one script (read, `SETEX`, `PUBLISH`), and the writes of tasks ending
+//!   together share one round trip ([`batch`]).
 //! * Reconnects by itself ([`ConnectionManager`]); errors say whether they were the
 //!   connection's ([`BackendError::is_connection`]).
 //!
@@ -36,12 +37,15 @@
 
 use std::time::Duration;
 
+mod batch;
+
+use ::redis::RedisError;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{RedisError, Script};
 
 use crate::redis_url;
 use crate::url::redact_password;
 
+use self::batch::StoreBatcher;
 use super::chord::{ChordClaim, ChordPart, PartReturn, RedisChords};
 use super::{BackendError, ResultBackend, ResultState, StoreOutcome, TaskMeta};
 
@@ -139,33 +143,9 @@ pub struct RedisBackend {
     /// The connection: multiplexed (clones pipeline over one socket) and re-established
     /// by the manager after it drops.
     conn: ConnectionManager,
-    /// [`STORE_SCRIPT`].
-    store_script: Script,
+    /// Writes task meta documents, grouped.
+    stores: StoreBatcher,
 }
-
-/// Writes a task meta document unless a SUCCESS one is stored already, and publishes it,
-/// in one atomic step (Celery's `_store_result` reads then writes, which two workers
-/// running a redelivered task can interleave). KEYS[1]: the meta key, also the channel.
-/// ARGV: the document, its TTL in seconds (0: none). Returns 1 if stored, 0 if kept.
-const STORE_SCRIPT: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, stored = pcall(cjson.decode, current)
-  if ok and type(stored) == 'table' then
-    if stored.status == 'SUCCESS' then return 0 end
-  elseif string.find(current, '"status": "SUCCESS"', 1, true) then
-    return 0
-  end
-end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('SETEX', KEYS[1], ttl, ARGV[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"#;
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -193,8 +173,8 @@ impl RedisBackend {
             .map_err(|source| BackendError::Connect { url, source })?;
         Ok(RedisBackend {
             config,
+            stores: StoreBatcher::start(conn.clone()),
             conn,
-            store_script: Script::new(STORE_SCRIPT),
         })
     }
 
@@ -231,16 +211,12 @@ impl ResultBackend for RedisBackend {
         let key = self.config.task_key(task_id);
         let document = meta.to_json();
         let expiry = self.config.expiry_for(meta.state()).unwrap_or(0);
-        let mut conn = self.conn.clone();
-        let stored: i64 = self
-            .store_script
-            .key(&key)
-            .arg(&document)
-            .arg(expiry)
-            .invoke_async(&mut conn)
+        let stored = self
+            .stores
+            .store(key, document, expiry)
             .await
             .map_err(command_error)?;
-        Ok(if stored == 1 {
+        Ok(if stored {
             StoreOutcome::Stored
         } else {
             StoreOutcome::KeptSuccess

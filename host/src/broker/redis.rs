@@ -119,6 +119,10 @@ if #out > 0 then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
 return out
 ";
 
+/// Visibility timeouts from this long up get `unacked_index` scores in whole seconds
+/// ([`RedisBroker::index_score`]).
+const WHOLE_SECOND_SCORES_FROM: Duration = Duration::from_secs(60);
+
 /// Deletes the lock key only if it still holds our token (redis-py's lock release).
 const UNLOCK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -242,6 +246,23 @@ impl RedisBroker {
             self.key(queue)
         } else {
             self.key(&format!("{queue}{}{step}", self.options.sep))
+        }
+    }
+
+    /// The `unacked_index` score of a message delivered (or refreshed) now: the Unix time
+    /// in seconds, as kombu writes it, but rounded up to a whole second when the visibility
+    /// timeout is [`WHOLE_SECOND_SCORES_FROM`] or longer (kombu's default is an hour). In the
+    /// small sorted set `unacked_index` usually is (a listpack, up to 128 entries), Redis
+    /// keeps a fractional score as text, parses it again for every entry each ZADD walks
+    /// past and prints it back with `%.17g`: about a tenth of its CPU per task in a drain.
+    /// A whole number is kept as an integer. Rounded up, a message is never restored early,
+    /// and at most a second late.
+    fn index_score(&self) -> f64 {
+        let now = now_secs();
+        if self.options.visibility_timeout >= WHOLE_SECOND_SCORES_FROM {
+            now.ceil()
+        } else {
+            now
         }
     }
 
@@ -451,7 +472,7 @@ impl RedisBroker {
         }
         invocation
             .arg(max)
-            .arg(now_secs())
+            .arg(self.index_score())
             .arg(JOURNAL_TTL.as_secs());
         let reply: Result<Vec<redis::Value>, _> =
             invocation.invoke_async(&mut self.manager.clone()).await;
@@ -520,7 +541,7 @@ impl RedisBroker {
             .atomic()
             .cmd("ZADD")
             .arg(self.key("unacked_index"))
-            .arg(now_secs())
+            .arg(self.index_score())
             .arg(tag)
             .ignore()
             .cmd("HSET")
@@ -632,7 +653,7 @@ impl Broker for RedisBroker {
         redis::cmd("ZADD")
             .arg(self.key("unacked_index"))
             .arg("XX")
-            .arg(now_secs())
+            .arg(self.index_score())
             .arg(delivery_tag)
             .exec_async(&mut self.manager.clone())
             .await

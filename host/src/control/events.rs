@@ -75,13 +75,7 @@ impl Sender {
         headers.insert("hostname".into(), Value::from(self.hostname.as_str()));
         let mut body = event.body.clone();
         body.insert("clock".into(), Value::from(self.clock.forward()));
-        Outgoing {
-            body: Value::Object(body).to_string().into_bytes(),
-            content_type: "application/json".to_owned(),
-            content_encoding: "utf-8".to_owned(),
-            headers,
-            ..Outgoing::default()
-        }
+        Outgoing::json(Value::Object(body).to_string().into_bytes(), headers)
     }
 }
 

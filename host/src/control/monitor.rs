@@ -67,11 +67,19 @@ impl Monitor {
         self.events.push(self.sender.event(kind, fields));
     }
 
-    /// Sends a task event about `task_id`, if task events are on.
-    fn send_task_event(&self, kind: &str, task_id: &str, mut fields: Map<String, Value>) {
+    /// Sends a task event about `task_id`, if task events are on. The fields are built
+    /// only then: with events off (the default) a task's way costs no repr of its
+    /// arguments or result.
+    fn send_task_event(
+        &self,
+        kind: &str,
+        task_id: &str,
+        fields: impl FnOnce() -> Map<String, Value>,
+    ) {
         if !self.task_events.is_on() {
             return;
         }
+        let mut fields = fields();
         fields.insert("uuid".into(), Value::from(task_id));
         self.events.push(self.sender.event(kind, fields));
     }
@@ -127,22 +135,24 @@ impl Monitor {
             phase,
         };
         let key = self.tasks.hold(record);
-        let mut fields = Map::new();
-        fields.insert("name".into(), Value::from(message.task.as_str()));
-        fields.insert("args".into(), Value::from(argsrepr));
-        fields.insert("kwargs".into(), Value::from(kwargsrepr));
-        fields.insert("root_id".into(), json!(message.root_id));
-        fields.insert("parent_id".into(), json!(message.parent_id));
-        fields.insert("retries".into(), Value::from(message.retries));
-        fields.insert(
-            "eta".into(),
-            json!(message.eta.as_ref().map(|t| t.as_str())),
-        );
-        fields.insert(
-            "expires".into(),
-            json!(message.expires.as_ref().map(|t| t.as_str())),
-        );
-        self.send_task_event("task-received", &message.id, fields);
+        self.send_task_event("task-received", &message.id, || {
+            let mut fields = Map::new();
+            fields.insert("name".into(), Value::from(message.task.as_str()));
+            fields.insert("args".into(), Value::from(argsrepr));
+            fields.insert("kwargs".into(), Value::from(kwargsrepr));
+            fields.insert("root_id".into(), json!(message.root_id));
+            fields.insert("parent_id".into(), json!(message.parent_id));
+            fields.insert("retries".into(), Value::from(message.retries));
+            fields.insert(
+                "eta".into(),
+                json!(message.eta.as_ref().map(|t| t.as_str())),
+            );
+            fields.insert(
+                "expires".into(),
+                json!(message.expires.as_ref().map(|t| t.as_str())),
+            );
+            fields
+        });
         TrackedTask {
             monitor: Arc::clone(self),
             key,
@@ -161,26 +171,30 @@ impl Monitor {
     /// task-revoked: discarded because revoked, expired or terminated.
     pub fn task_revoked(&self, task_id: &str, name: &str, expired: bool, terminated: Option<i32>) {
         self.metrics.task_ended(name, "REVOKED");
-        let mut fields = Map::new();
-        fields.insert("terminated".into(), Value::from(terminated.is_some()));
-        fields.insert("signum".into(), json!(terminated));
-        fields.insert("expired".into(), Value::from(expired));
-        self.send_task_event("task-revoked", task_id, fields);
+        self.send_task_event("task-revoked", task_id, || {
+            let mut fields = Map::new();
+            fields.insert("terminated".into(), Value::from(terminated.is_some()));
+            fields.insert("signum".into(), json!(terminated));
+            fields.insert("expired".into(), Value::from(expired));
+            fields
+        });
     }
 
     /// task-succeeded with the result's repr and the run time.
     pub fn task_succeeded(&self, task_id: &str, name: &str, result_json: &str, runtime: Duration) {
         self.metrics.task_ended(name, "SUCCESS");
-        let mut fields = Map::new();
-        fields.insert("result".into(), Value::from(result_repr(result_json)));
-        fields.insert("runtime".into(), Value::from(runtime.as_secs_f64()));
-        self.send_task_event("task-succeeded", task_id, fields);
+        self.send_task_event("task-succeeded", task_id, || {
+            let mut fields = Map::new();
+            fields.insert("result".into(), Value::from(result_repr(result_json)));
+            fields.insert("runtime".into(), Value::from(runtime.as_secs_f64()));
+            fields
+        });
     }
 
     /// task-failed with the exception's repr and traceback.
     pub fn task_failed(&self, task_id: &str, name: &str, exception: &CeleryException) {
         self.metrics.task_ended(name, "FAILURE");
-        self.send_task_event("task-failed", task_id, exception_fields(exception));
+        self.send_task_event("task-failed", task_id, || exception_fields(exception));
     }
 
     /// task-retried with the original exception (when the task gave one), its traceback
@@ -205,29 +219,35 @@ impl Monitor {
             None => format!("celery.exceptions.Retry: Retry in {when}\n"),
         };
         traceback.push_str(&retry_line);
-        let mut fields = Map::new();
-        fields.insert("exception".into(), Value::from(repr));
-        fields.insert("traceback".into(), Value::from(traceback));
-        self.send_task_event("task-retried", task_id, fields);
+        self.send_task_event("task-retried", task_id, || {
+            let mut fields = Map::new();
+            fields.insert("exception".into(), Value::from(repr));
+            fields.insert("traceback".into(), Value::from(traceback));
+            fields
+        });
     }
 
     /// task-failed for a task name nobody serves: only `exception`, as Celery sends it.
     pub fn task_unregistered(&self, task_id: &str, task_name: &str) {
         self.metrics.task_ended(task_name, "FAILURE");
-        let mut fields = Map::new();
-        fields.insert(
-            "exception".into(),
-            Value::from(exception_repr("NotRegistered", &[Value::from(task_name)])),
-        );
-        self.send_task_event("task-failed", task_id, fields);
+        self.send_task_event("task-failed", task_id, || {
+            let mut fields = Map::new();
+            fields.insert(
+                "exception".into(),
+                Value::from(exception_repr("NotRegistered", &[Value::from(task_name)])),
+            );
+            fields
+        });
     }
 
     /// task-rejected: an un-acked message was rejected.
     pub fn task_rejected(&self, task_id: &str, name: &str, requeue: bool) {
         self.metrics.task_ended(name, "REJECTED");
-        let mut fields = Map::new();
-        fields.insert("requeue".into(), Value::from(requeue));
-        self.send_task_event("task-rejected", task_id, fields);
+        self.send_task_event("task-rejected", task_id, || {
+            let mut fields = Map::new();
+            fields.insert("requeue".into(), Value::from(requeue));
+            fields
+        });
     }
 
     /// The ids of the tasks running now.
@@ -275,7 +295,7 @@ impl TrackedTask {
         self.monitor.tasks.start(self.key, now_seconds());
         self.monitor.metrics.task_waited(self.received.elapsed());
         self.monitor
-            .send_task_event("task-started", &self.task_id, Map::new());
+            .send_task_event("task-started", &self.task_id, Map::new);
     }
 
     /// It waits for a slot (its ETA has come).

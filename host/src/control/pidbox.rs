@@ -153,13 +153,7 @@ pub fn reply_message(nodename: &str, result: Value, ticket: &str, clock: u64) ->
     let mut headers = Map::new();
     headers.insert("ticket".into(), Value::from(ticket));
     headers.insert("clock".into(), Value::from(clock));
-    Outgoing {
-        body: Value::Object(body).to_string().into_bytes(),
-        content_type: "application/json".to_owned(),
-        content_encoding: "utf-8".to_owned(),
-        headers,
-        ..Outgoing::default()
-    }
+    Outgoing::json(Value::Object(body).to_string().into_bytes(), headers)
 }
 
 /// Python's `fnmatch.fnmatch` (case-sensitive on POSIX): `*`, `?`, `[seq]`, `[!seq]`.

@@ -331,13 +331,8 @@ pub struct Reply {
 impl Reply {
     /// The reply message (JSON).
     pub fn encode(&self) -> Outgoing {
-        Outgoing {
-            // A struct of strings always serializes.
-            body: serde_json::to_vec(self).unwrap_or_default(),
-            content_type: "application/json".to_owned(),
-            content_encoding: "utf-8".to_owned(),
-            ..Outgoing::default()
-        }
+        // A struct of strings always serializes.
+        Outgoing::json(serde_json::to_vec(self).unwrap_or_default(), Map::new())
     }
 
     /// Reads a message heard on the reply exchange.

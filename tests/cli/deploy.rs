@@ -25,6 +25,8 @@ use crate::support::redis_worker::{Client, WorkerProcess, redis_url};
 
 /// How long a deploy command waits for the answers.
 const ANSWER_TIMEOUT: &str = "60";
+/// How long a line the worker logs may take to reach its log file.
+const LOG_WAIT: Duration = Duration::from_secs(10);
 
 /// A worker with a tasks directory of its own, serving `echo.wasm` v1 to begin with.
 struct Node {
@@ -162,11 +164,10 @@ async fn deploy_and_rollback_over(broker: &str) {
             versioned_echo("v2"),
             "written into the tasks directory, so a restart keeps it"
         );
-        let log = node.process.log();
-        assert!(
-            log.contains("echo.wasm swapped v1 → v2"),
-            "swapped like a hot swap:\n{log}"
-        );
+        // The worker's log is written by a background thread: wait for the line.
+        node.process
+            .wait_log(LOG_WAIT, |log| log.contains("echo.wasm swapped v1 → v2"))
+            .await;
     }
 
     let rollback = ["--rollback", "echo.wasm"];
@@ -254,11 +255,14 @@ async fn a_deploy_with_a_wrong_digest_is_refused_by_every_worker_and_v1_keeps_se
             versioned_echo("v1"),
             "nothing written"
         );
-        let log = node.process.log();
+        let log = node
+            .process
+            .wait_log(LOG_WAIT, |log| log.contains("registry: refused"))
+            .await;
         let refusal = log
             .lines()
             .find(|line| line.contains("registry: refused"))
-            .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+            .unwrap_or_default();
         assert!(
             refusal.contains("digest mismatch") && refusal.contains("version v1 keeps serving"),
             "{refusal}"

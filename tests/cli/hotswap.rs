@@ -127,7 +127,12 @@ async fn a_removed_components_running_task_finishes_and_its_name_is_then_unregis
     let meta = client.wait_one(&slow, Duration::from_secs(120)).await;
     assert_eq!(meta["status"], "SUCCESS", "{meta}");
     assert_eq!(meta["result"], "slow done");
-    let log = worker.log();
+    // The worker's log is written by a background thread: wait for the success line.
+    let log = worker
+        .wait_log(Duration::from_secs(10), |log| {
+            log.contains(&format!("Task tasks.slow[{slow}] succeeded"))
+        })
+        .await;
     let removed_at = log.find("registry: slow.wasm removed").unwrap();
     let succeeded_at = log
         .find(&format!("Task tasks.slow[{slow}] succeeded"))

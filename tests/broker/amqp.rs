@@ -404,23 +404,37 @@ async fn settling_a_delivery_of_a_dropped_connection_ends_and_later_acks_go_thro
     let ack = tokio::time::timeout(WAIT, broker.ack(held[0].delivery_tag())).await;
     assert!(ack.is_ok(), "an ack on the dropped connection never ended");
     let reject = tokio::time::timeout(WAIT, broker.reject(held[1].delivery_tag(), true)).await;
-    assert!(reject.is_ok(), "a reject on the dropped connection never ended");
+    assert!(
+        reject.is_ok(),
+        "a reject on the dropped connection never ended"
+    );
 
     let mut seen = Vec::new();
     let all_three = tokio::time::timeout(WAIT * 2, async {
         while seen.len() < 3 {
             if let Ok(got) = broker.fetch(std::slice::from_ref(&q), 3).await {
                 for delivery in got {
-                    broker.ack(delivery.delivery_tag()).await.expect("ack on the new connection");
+                    broker
+                        .ack(delivery.delivery_tag())
+                        .await
+                        .expect("ack on the new connection");
                     seen.push(delivery.body);
                 }
             }
         }
     })
     .await;
-    assert!(all_three.is_ok(), "{} of 3 messages came back and were acked", seen.len());
+    assert!(
+        all_three.is_ok(),
+        "{} of 3 messages came back and were acked",
+        seen.len()
+    );
     broker.close().await;
-    assert_eq!(h.waiting(&q).await, 0, "every ack on the new connection reached the server");
+    assert_eq!(
+        h.waiting(&q).await,
+        0,
+        "every ack on the new connection reached the server"
+    );
     h.cleanup().await;
 }
 

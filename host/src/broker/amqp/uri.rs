@@ -177,7 +177,9 @@ fn query(url: &Url, scheme: &AMQPScheme) -> Result<Query, UriError> {
         let bad = |e: &dyn std::fmt::Display| UriError::Invalid(format!("?{key}={value}: {e}"));
         let seconds = |from: f64| match value.parse::<f64>() {
             Ok(seconds) if (from..=f64::from(u16::MAX)).contains(&seconds) => Ok(seconds),
-            Ok(_) => Err(bad(&format!("not a number of seconds from {from} to 65535"))),
+            Ok(_) => Err(bad(&format!(
+                "not a number of seconds from {from} to 65535"
+            ))),
             Err(e) => Err(bad(&e)),
         };
         match key.as_ref() {
@@ -262,7 +264,11 @@ mod tests {
         let parsed = parse("amqp://h//?connect_timeout=0.25").expect("valid");
         assert_eq!(parsed.connect_timeout, Duration::from_millis(250));
         let parsed = parse("amqp://h//").expect("valid");
-        assert_eq!(parsed.connect_timeout, Duration::from_secs(4), "Celery's default");
+        assert_eq!(
+            parsed.connect_timeout,
+            Duration::from_secs(4),
+            "Celery's default"
+        );
 
         let uri = lapin_uri("pyamqp://rabbit.example");
         assert_eq!(uri.scheme, AMQPScheme::AMQP);

@@ -30,6 +30,7 @@ pub mod broker;
 pub mod connect;
 pub mod control;
 pub mod protocol;
+mod redis_batch;
 pub mod redis_url;
 pub mod registry;
 pub mod sandbox;

@@ -1,14 +1,15 @@
-//! Stores grouped into one round trip: every task meta document waiting when a flush
-//! starts goes out in a single run of the store script, which handles each document as
-//! the one-document script did (never over a stored SUCCESS, SETEX or SET, then PUBLISH on
-//! the key's channel), in the order they were handed in. Under load Redis then runs one
-//! script call and the worker one request per batch instead of per task. A store arriving
-//! while a flush is in flight waits for the next one; an idle worker's store goes out at
-//! once.
+//! Stores grouped into one round trip ([`crate::redis_batch`]): every task meta document
+//! waiting when a flush starts goes out in a single run of the store script, which handles
+//! each document as the one-document script did (never over a stored SUCCESS, SETEX or
+//! SET, then PUBLISH on the key's channel), in the order they were handed in. Under load
+//! Redis then runs one script call per batch instead of one per task.
+
+use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
-use tokio::sync::{mpsc, oneshot};
+
+use crate::redis_batch::Batcher;
 
 /// The most documents one flush writes.
 const MAX_STORE_BATCH: usize = 128;
@@ -48,28 +49,43 @@ end
 return stored
 "#;
 
-/// One document waiting for its flush.
-struct PendingStore {
+/// One document to store.
+struct Store {
     key: String,
     document: String,
     ttl: u64,
-    /// True if written, false if a SUCCESS was kept.
-    done: oneshot::Sender<Result<bool, RedisError>>,
 }
 
-/// Hands documents to the flushing task of one backend connection. The task ends when
+/// Stores documents for one backend connection, in batches. The flushing task ends when
 /// every clone of this is dropped.
 #[derive(Clone)]
 pub(super) struct StoreBatcher {
-    pending: mpsc::UnboundedSender<PendingStore>,
+    /// True per document if written, false if a SUCCESS was kept.
+    batcher: Batcher<Store, bool>,
 }
 
 impl StoreBatcher {
     /// Starts the flushing task on the current tokio runtime.
     pub(super) fn start(manager: ConnectionManager) -> Self {
-        let (pending, queued) = mpsc::unbounded_channel();
-        tokio::spawn(flush_forever(queued, manager));
-        StoreBatcher { pending }
+        let script = Arc::new(Script::new(STORE_SCRIPT));
+        let batcher = Batcher::start("result backend's store", MAX_STORE_BATCH, {
+            move |stores: Vec<Store>| {
+                let mut manager = manager.clone();
+                let script = Arc::clone(&script);
+                async move {
+                    let mut invocation = script.prepare_invoke();
+                    for store in &stores {
+                        invocation
+                            .key(&store.key)
+                            .arg(&store.document)
+                            .arg(store.ttl);
+                    }
+                    let stored: Vec<i64> = invocation.invoke_async(&mut manager).await?;
+                    Ok(stored.into_iter().map(|stored| stored == 1).collect())
+                }
+            }
+        });
+        StoreBatcher { batcher }
     }
 
     /// Writes `document` under `key` (TTL `ttl` seconds, 0 for none) and publishes it,
@@ -80,64 +96,6 @@ impl StoreBatcher {
         document: String,
         ttl: u64,
     ) -> Result<bool, RedisError> {
-        let (done, flushed) = oneshot::channel();
-        let store = PendingStore {
-            key,
-            document,
-            ttl,
-            done,
-        };
-        if self.pending.send(store).is_err() {
-            return Err(stopped());
-        }
-        flushed.await.unwrap_or_else(|_| Err(stopped()))
+        self.batcher.submit(Store { key, document, ttl }).await
     }
-}
-
-async fn flush_forever(
-    mut queued: mpsc::UnboundedReceiver<PendingStore>,
-    mut manager: ConnectionManager,
-) {
-    let script = Script::new(STORE_SCRIPT);
-    let mut batch = Vec::with_capacity(MAX_STORE_BATCH);
-    while queued.recv_many(&mut batch, MAX_STORE_BATCH).await > 0 {
-        let mut invocation = script.prepare_invoke();
-        for store in &batch {
-            invocation
-                .key(&store.key)
-                .arg(&store.document)
-                .arg(store.ttl);
-        }
-        let flushed: Result<Vec<i64>, RedisError> = invocation.invoke_async(&mut manager).await;
-        match flushed {
-            Ok(stored) if stored.len() == batch.len() => {
-                for (store, stored) in batch.drain(..).zip(stored) {
-                    let _ = store.done.send(Ok(stored == 1));
-                }
-            }
-            Ok(stored) => {
-                let error = RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "store script answered for a different number of documents",
-                    format!("{} for {}", stored.len(), batch.len()),
-                ));
-                for store in batch.drain(..) {
-                    let _ = store.done.send(Err(error.clone()));
-                }
-            }
-            Err(error) => {
-                for store in batch.drain(..) {
-                    let _ = store.done.send(Err(error.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// The error of a store made while the backend is being dropped.
-fn stopped() -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::BrokenPipe,
-        "the result backend's store task has stopped",
-    ))
 }

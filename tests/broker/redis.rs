@@ -298,6 +298,43 @@ async fn a_malformed_envelope_in_a_batch_is_dropped_and_the_rest_delivered() {
     h.cleanup().await;
 }
 
+/// The fetch script reads the delivery tag from the envelope's own `properties`, wherever
+/// that sits and whatever nested objects named `properties` the message also carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_tag_comes_from_the_envelope_properties_not_a_nested_one() {
+    let h = RedisHarness::new().await;
+    let q = h.queue("nested-properties");
+    let key = h.broker.queue_key(&q, 0);
+    let info = format!(r#"{{"exchange": "", "routing_key": "{q}""#);
+    let properties_first = format!(
+        r#"{{"properties": {{"delivery_tag": "t-first", "body_encoding": "base64", "delivery_info": {info}}}}}, "body": "MQ==", "content-encoding": "utf-8", "content-type": "text/plain", "headers": {{"x": {{"properties": {{"delivery_tag": "t-nested"}}}}}}}}"#
+    );
+    let nested_inside = format!(
+        r#"{{"body": "Mg==", "content-encoding": "utf-8", "content-type": "text/plain", "headers": {{}}, "properties": {{"delivery_info": {info}, "properties": {{"delivery_tag": "t-inner"}}}}, "body_encoding": "base64", "delivery_tag": "t-last"}}}}"#
+    );
+    for envelope in [&properties_first, &nested_inside] {
+        serde_json::from_str::<serde_json::Value>(envelope).expect("the test's JSON is valid");
+        let () = h.query(redis::cmd("LPUSH").arg(&key).arg(envelope)).await;
+    }
+    let consumer = Consumer::new(h.broker(), vec![q.clone()], 8);
+    let first = next(&consumer).await;
+    let last = next(&consumer).await;
+    assert_eq!(
+        (first.delivery_tag(), last.delivery_tag()),
+        ("t-first", "t-last")
+    );
+    for tag in ["t-first", "t-last"] {
+        assert!(h.is_unacked(tag).await, "{tag} is recorded as unacked");
+    }
+    for tag in ["t-nested", "t-inner"] {
+        assert!(!h.is_unacked(tag).await, "{tag} is not a delivery tag");
+    }
+    for d in [first, last] {
+        consumer.ack(d.delivery_tag()).await.expect("ack");
+    }
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_acks_all_land_when_grouped() {
     let h = RedisHarness::new().await;

@@ -97,9 +97,11 @@ def wait_for_results(server, expected, *workers):
                 f"{w.name}: {line}" for w in workers for line in w.log
                 if "ERROR" in line or any(i in line for i in missing[:5])
             )
+            # And how each log ends: a worker that went quiet shows what it did last.
+            endings = "".join(f"\n--- {w.name}, last lines ---\n{''.join(w.log[-15:])}" for w in workers)
             raise AssertionError(
                 f"{len(missing)} of {len(expected)} tasks have no result after {RESULTS_TIMEOUT} s, "
-                f"e.g. {missing[:5]}; unacked delivery tags: {unacked}\n{about}"
+                f"e.g. {missing[:5]}; unacked delivery tags: {unacked}\n{about}{endings}"
             )
         time.sleep(0.2)
     wrong = {i: m for i, m in done.items() if (m["status"], m["result"]) != ("SUCCESS", expected[i])}

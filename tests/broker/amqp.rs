@@ -394,11 +394,15 @@ async fn settling_a_delivery_of_a_dropped_connection_ends_and_later_acks_go_thro
             .expect("publish");
     }
     let broker = h.broker();
-    let held = broker
-        .fetch(std::slice::from_ref(&q), 2)
-        .await
-        .expect("fetch");
-    assert_eq!(held.len(), 2, "two deliveries in hand");
+    let mut held = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while held.len() < 2 {
+            let got = broker.fetch(std::slice::from_ref(&q), 2 - held.len());
+            held.extend(got.await.expect("fetch"));
+        }
+    })
+    .await
+    .expect("two deliveries in hand");
     assert_eq!(close_connections_named(&format!("{} consumer", h.name)), 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ack = tokio::time::timeout(WAIT, broker.ack(held[0].delivery_tag())).await;

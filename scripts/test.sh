@@ -23,6 +23,8 @@ fi
 # interop tests run and the test binaries share one build of wasmtime (building the binary
 # alone would resolve dependency features differently and compile wasmtime twice).
 cargo build --release --locked --workspace --all-targets
+# The library's docs: no broken links, no links from public docs to private items.
+RUSTDOCFLAGS="-D warnings" cargo doc --release --locked --no-deps -p celeriac
 CELERIAC_SKIP_HOST_BUILD=1 scripts/build-examples.sh
 scripts/install-interop-venv.sh
 

@@ -98,8 +98,8 @@ pub struct ChordClaim {
 impl ChordClaim {
     /// The body's argument, as Celery's join builds it, or the reason the chord fails
     /// (the `ChordError` text): the first failed part of a flat header is a
-    /// "Dependency <id> raised <exc>"; a failure met while joining a nested header is a
-    /// "Join error: <exc>", as `GroupResult.join_native` raises it.
+    /// "Dependency `<id>` raised `<exc>`"; a failure met while joining a nested header is a
+    /// "Join error: `<exc>`", as `GroupResult.join_native` raises it.
     pub fn body_argument(&self) -> Result<Value, String> {
         let Some(layout) = &self.layout else {
             if let Some(failed) = self.results.iter().find(|result| result.failed()) {

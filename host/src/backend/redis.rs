@@ -10,7 +10,7 @@
 //!   `SUBSCRIBE` wake up at once (the PUBLISH is what they listen to).
 //! * A stored SUCCESS is never overwritten (a redelivered duplicate cannot clobber it).
 //! * The write is one script (read, `SETEX`, `PUBLISH`), and the writes of tasks ending
-//!   together share one round trip ([`batch`]).
+//!   together share one round trip (`redis/batch.rs`).
 //! * Reconnects by itself ([`ConnectionManager`]); errors say whether they were the
 //!   connection's ([`BackendError::is_connection`]).
 //!

@@ -7,14 +7,14 @@
 //!
 //! * Type: native (AMQP 0-9-1; tested with RabbitMQ 3.10)
 //! * Supports direct: yes (the default exchange `""`, and named exchanges that exist)
-//! * Supports topic, fanout: for broadcast only ([`broadcast`]): events on `celeryev`,
+//! * Supports topic, fanout: for broadcast only (`amqp/broadcast.rs`): events on `celeryev`,
 //!   remote control on `celery.pidbox` with a subscription connection of its own
 //! * Supports priority: yes, **higher first**, on queues declared with `x-max-priority`
 //!   ([`AmqpOptions::queue_max_priority`], Celery's `task_queue_max_priority`)
 //! * Supports TTL: yes, `expiration` is set from a task's `expires` (RabbitMQ drops it then)
 //! * Acks: native, coalesced: acks that pile up while one is written go out as one
 //!   `basic.ack` with `multiple` where no unsettled delivery lies below them
-//!   ([`acks`]). Unacked deliveries return to their queue when the connection (or its
+//!   (`amqp/acks.rs`). Unacked deliveries return to their queue when the connection (or its
 //!   channel) closes, marked redelivered; there is no visibility timeout.
 //! * Prefetch: `basic.qos` with the consumer's prefetch count (`global`, as Celery sets it
 //!   for RabbitMQ 3.x), raised and lowered with ETA holds before the next ack or fetch,

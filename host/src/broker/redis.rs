@@ -9,7 +9,7 @@
 //! * Supports direct: yes (default exchange `""`, and named exchanges through
 //!   `_kombu.binding.<exchange>`)
 //! * Supports topic: no (not yet)
-//! * Supports fanout: yes, PUB/SUB on `/<db>.<exchange>[/<routing key>]` ([`fanout`]):
+//! * Supports fanout: yes, PUB/SUB on `/<db>.<exchange>[/<routing key>]` (`redis/fanout.rs`):
 //!   events and remote control
 //! * Supports priority: yes, 0 is the **highest** (`[0, 3, 6, 9]` sub-lists)
 //! * Supports TTL: no
@@ -18,7 +18,8 @@
 //!   running with a late ack has its `unacked_index` score refreshed, so no sweep (ours or
 //!   a Python worker's) restores it while it is in hand: kombu's documented ETA caveat.
 //!   A fetch whose reply is lost leaves its messages unacked but delivered to nobody; they
-//!   go back to their queues as soon as Redis answers again, not an hour later ([`journal`]).
+//!   go back to their queues as soon as Redis answers again, not an hour later
+//!   (`redis/journal.rs`).
 //!
 //! # Connection string
 //!

@@ -44,7 +44,7 @@ pub struct Sender {
     pub hostname: String,
     /// The worker's pid.
     pub pid: u32,
-    /// Hours west of UTC ([`super::identity::utcoffset`]).
+    /// Hours west of UTC (`control::identity::utcoffset`).
     pub utcoffset: i64,
     /// The worker's Lamport clock.
     pub clock: LamportClock,

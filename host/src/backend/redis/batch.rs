@@ -68,23 +68,22 @@ impl StoreBatcher {
     /// Starts the flushing task on the current tokio runtime.
     pub(super) fn start(manager: ConnectionManager) -> Self {
         let script = Arc::new(Script::new(STORE_SCRIPT));
-        let batcher = Batcher::start("result backend's store", MAX_STORE_BATCH, {
-            move |stores: Vec<Store>| {
-                let mut manager = manager.clone();
-                let script = Arc::clone(&script);
-                async move {
-                    let mut invocation = script.prepare_invoke();
-                    for store in &stores {
-                        invocation
-                            .key(&store.key)
-                            .arg(&store.document)
-                            .arg(store.ttl);
-                    }
-                    let stored: Vec<i64> = invocation.invoke_async(&mut manager).await?;
-                    Ok(stored.into_iter().map(|stored| stored == 1).collect())
+        let flush = move |stores: Vec<Store>| {
+            let mut manager = manager.clone();
+            let script = Arc::clone(&script);
+            async move {
+                let mut invocation = script.prepare_invoke();
+                for store in &stores {
+                    invocation
+                        .key(&store.key)
+                        .arg(&store.document)
+                        .arg(store.ttl);
                 }
+                let stored: Vec<i64> = invocation.invoke_async(&mut manager).await?;
+                Ok(stored.into_iter().map(|stored| stored == 1).collect())
             }
-        });
+        };
+        let batcher = Batcher::start("result backend's store", MAX_STORE_BATCH, flush);
         StoreBatcher { batcher }
     }
 

@@ -298,7 +298,9 @@ impl Sandbox {
             biased;
             () = kill.killed() => Ok(aborted(Abort::Terminated)),
             abort = kill::reached(deadline) => Ok(aborted(abort)),
-            report = self.run_to_end(prepared, invocation, started) => report,
+            // Boxed: a guest call's futures are several KB, and inline they would be
+            // copied with every task's future when a delivery is spawned.
+            report = Box::pin(self.run_to_end(prepared, invocation, started)) => report,
         }
     }
 

@@ -110,7 +110,9 @@ async fn handle_resolving_in<B: Broker, R: ResultBackend + 'static>(
         // STARTED is informative: the task runs even when it cannot be written.
         let _ = run.store(started).await;
     }
-    let execution = run.execute(&target, &running.kill);
+    // Boxed: the run's future is several KB, and each branch below would hold its own copy
+    // inside this one, which is copied whole when the delivery is spawned.
+    let execution = Box::pin(run.execute(&target, &running.kill));
     let settle = if acks_late {
         keeping_visible(consumer, &delivery, execution).await
     } else {

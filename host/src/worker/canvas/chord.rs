@@ -18,7 +18,20 @@ use super::{CanvasError, carry_out, plan};
 
 /// Records `part` of the chord whose body is `body`, and fires the body when this part
 /// completed the header.
+///
+/// The work is boxed: its future holds the chord's backend calls and the body's publishing,
+/// over 10 KB, and inline it would make every task's future that large (the ones of tasks
+/// in no chord too), copied whole whenever a delivery is spawned.
 pub async fn part_return<B: Broker, R: ResultBackend>(
+    worker: &WorkerContext<B, R>,
+    sender: &Sender,
+    part: &ChordPart<'_>,
+    body: &Value,
+) {
+    Box::pin(record_part(worker, sender, part, body)).await;
+}
+
+async fn record_part<B: Broker, R: ResultBackend>(
     worker: &WorkerContext<B, R>,
     sender: &Sender,
     part: &ChordPart<'_>,

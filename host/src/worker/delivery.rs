@@ -93,11 +93,19 @@ async fn handle_resolving_in<B: Broker, R: ResultBackend + 'static>(
     }
 
     let acks_late = worker.config.acks_late || options.acks_late == Some(true);
+    // An early ack goes out as the task starts, as Celery's does once the pool has taken
+    // the job, without holding the task back until the broker has it: the ack round trip
+    // overlaps the run instead of keeping the slot. Celery marks the request acknowledged
+    // when it sends the ack, so `inspect active` never shows a started early-ack task
+    // unacknowledged; so does this.
     if !acks_late {
-        finish(consumer, &delivery, Settle::Ack).await;
         tracked.acknowledged();
     }
-    tracked.started();
+    let early_ack = async {
+        if !acks_late {
+            finish(consumer, &delivery, Settle::Ack).await;
+        }
+    };
     let run = TaskRun {
         worker: &worker,
         message: &message,
@@ -105,19 +113,24 @@ async fn handle_resolving_in<B: Broker, R: ResultBackend + 'static>(
         options: &options,
         ignore_result,
     };
-    if options.track_started == Some(true) && !ignore_result {
-        let started = TaskMeta::started(&message.id, std::process::id(), &worker.config.nodename);
-        // STARTED is informative: the task runs even when it cannot be written.
-        let _ = run.store(started).await;
-    }
-    // Boxed: the run's future is several KB, and each branch below would hold its own copy
-    // inside this one, which is copied whole when the delivery is spawned.
-    let execution = Box::pin(run.execute(&target, &running.kill));
-    let settle = if acks_late {
-        keeping_visible(consumer, &delivery, execution).await
-    } else {
-        execution.await
+    let run_to_settle = async {
+        tracked.started();
+        if options.track_started == Some(true) && !ignore_result {
+            let started =
+                TaskMeta::started(&message.id, std::process::id(), &worker.config.nodename);
+            // STARTED is informative: the task runs even when it cannot be written.
+            let _ = run.store(started).await;
+        }
+        // Boxed: the run's future is several KB, and each branch below would hold its own
+        // copy inside this one, which is copied whole when the delivery is spawned.
+        let execution = Box::pin(run.execute(&target, &running.kill));
+        if acks_late {
+            keeping_visible(consumer, &delivery, execution).await
+        } else {
+            execution.await
+        }
     };
+    let ((), settle) = tokio::join!(early_ack, run_to_settle);
     drop(running);
     if acks_late {
         if let Settle::Reject { requeue } = settle {

@@ -1,9 +1,9 @@
 """Drain benchmark: celeriac and the Python Celery worker, side by side, on Redis or RabbitMQ.
 
-Each setting (Python Celery with prefork and with threads; celeriac with the Rust guest at 16
-slots and at the default, the Python guest in a fresh instance per task, and the Python
-guest reusing instances) gets the same three measurements on one broker, chosen with
-``--broker``:
+Each setting (Python Celery with prefork and with threads; celeriac with the Rust guest at
+``SLOTS`` slots and at the default, the Python guest in a fresh instance per task, and the
+Python guest reusing instances at ``SLOTS``) gets the same three measurements on one
+broker, chosen with ``--broker``:
 
 redis (the default)
     the machine's Redis, broker db 8.

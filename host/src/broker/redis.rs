@@ -42,26 +42,25 @@
 //! shared, multiplexed connection.
 
 mod acks;
+mod envelope;
 mod fanout;
 mod journal;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use self::acks::AckBatcher;
+use self::envelope::{build_envelope, parse_envelope};
 use self::journal::{FetchJournal, JOURNAL_TTL};
-use crate::protocol::kombu_json::parse_with_surrogate_repair;
 use crate::redis_url;
 use crate::url::redact_password;
 
 use super::{
-    BroadcastExchange, BroadcastQueue, Broker, BrokerError, Capabilities, Delivery, DeliveryInfo,
-    Outgoing, PriorityOrder, Properties, Subscription,
+    BroadcastExchange, BroadcastQueue, Broker, BrokerError, Capabilities, Delivery, Outgoing,
+    PriorityOrder, Subscription,
 };
 
 const TRANSPORT: &str = "redis";
@@ -834,148 +833,16 @@ fn set_flag(fields: &mut Map<String, Value>, path: &[&str], name: &str) {
     current.insert(name.to_owned(), Value::Bool(true));
 }
 
-/// The kombu envelope (spec §3.2) for `message`.
-fn build_envelope(
-    exchange: &str,
-    routing_key: &str,
-    message: &Outgoing,
-    priority: u8,
-    delivery_mode: u8,
-) -> String {
-    let mut properties = Map::new();
-    if let Some(id) = &message.correlation_id {
-        properties.insert("correlation_id".into(), Value::from(id.as_str()));
-    }
-    if let Some(reply_to) = &message.reply_to {
-        properties.insert("reply_to".into(), Value::from(reply_to.as_str()));
-    }
-    properties.insert("delivery_mode".into(), Value::from(delivery_mode));
-    properties.insert(
-        "delivery_info".into(),
-        json!({"exchange": exchange, "routing_key": routing_key}),
-    );
-    properties.insert("priority".into(), Value::from(priority));
-    properties.insert("body_encoding".into(), Value::from("base64"));
-    properties.insert(
-        "delivery_tag".into(),
-        Value::from(uuid::Uuid::new_v4().to_string()),
-    );
-    json!({
-        "body": BASE64.encode(&message.body),
-        "content-encoding": message.content_encoding,
-        "content-type": message.content_type,
-        "headers": message.headers,
-        "properties": properties,
-    })
-    .to_string()
-}
-
-/// Parses a popped kombu envelope (spec §3.2) into a [`Delivery`].
-fn parse_envelope(queue: &str, text: &str) -> Result<Delivery, BrokerError> {
-    let malformed = |tag: Option<&str>, reason: String| BrokerError::MalformedEnvelope {
-        queue: queue.to_owned(),
-        delivery_tag: tag.map(str::to_owned),
-        reason,
-    };
-    let value: Value =
-        parse_with_surrogate_repair(text).map_err(|e| malformed(None, e.to_string()))?;
-    let Value::Object(mut envelope) = value else {
-        return Err(malformed(None, "not a JSON object".into()));
-    };
-    let properties = match envelope.remove("properties") {
-        Some(Value::Object(p)) => p,
-        _ => return Err(malformed(None, "no properties object".into())),
-    };
-    let str_prop = |map: &Map<String, Value>, name: &str| {
-        map.get(name).and_then(Value::as_str).map(str::to_owned)
-    };
-    let Some(tag) = str_prop(&properties, "delivery_tag") else {
-        return Err(malformed(None, "no delivery_tag".into()));
-    };
-    let info = properties.get("delivery_info").and_then(Value::as_object);
-    let info_str = |name: &str| info.and_then(|i| str_prop(i, name)).unwrap_or_default();
-    let headers = match envelope.remove("headers") {
-        Some(Value::Object(h)) => h,
-        None | Some(Value::Null) => Map::new(),
-        Some(_) => return Err(malformed(Some(&tag), "headers is not an object".into())),
-    };
-    let body_text = match envelope.get("body") {
-        Some(Value::String(body)) => body.as_str(),
-        _ => return Err(malformed(Some(&tag), "body is not a string".into())),
-    };
-    let body = match properties.get("body_encoding").and_then(Value::as_str) {
-        Some("base64") => BASE64
-            .decode(body_text)
-            .map_err(|e| malformed(Some(&tag), format!("body is not base64: {e}")))?,
-        _ => body_text.as_bytes().to_vec(),
-    };
-    let redelivered = info
-        .and_then(|i| i.get("redelivered"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-        || headers
-            .get("redelivered")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-    Ok(Delivery {
-        queue: queue.to_owned(),
-        body,
-        content_type: str_prop(&envelope, "content-type").unwrap_or_default(),
-        content_encoding: str_prop(&envelope, "content-encoding").unwrap_or_default(),
-        properties: Properties {
-            correlation_id: str_prop(&properties, "correlation_id"),
-            reply_to: str_prop(&properties, "reply_to"),
-            priority: properties
-                .get("priority")
-                .and_then(Value::as_u64)
-                .map(clamp_priority),
-            delivery_tag: tag,
-            delivery_info: DeliveryInfo {
-                exchange: info_str("exchange"),
-                routing_key: info_str("routing_key"),
-            },
-        },
-        headers,
-        redelivered,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn priority_maps_to_largest_step_not_above_it() {
         let steps = [0, 3, 6, 9];
         let got: Vec<u8> = (0..=12).map(|p| priority_step(&steps, p)).collect();
         assert_eq!(got, [0, 0, 0, 3, 3, 3, 6, 6, 6, 9, 9, 9, 9]);
-    }
-
-    #[test]
-    fn parse_envelope_reads_captured_message() {
-        let text = r#"{"body": "W1syLCAyXSwge30sIHt9XQ==", "content-encoding": "utf-8",
-            "content-type": "application/json", "headers": {"id": "x", "redelivered": true},
-            "properties": {"correlation_id": "x", "reply_to": "r", "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 5,
-            "body_encoding": "base64", "delivery_tag": "t1"}}"#;
-        let d = parse_envelope("celery", text).expect("valid envelope");
-        assert_eq!(d.body, b"[[2, 2], {}, {}]");
-        assert_eq!(d.properties.delivery_tag, "t1");
-        assert_eq!(d.properties.priority, Some(5));
-        assert_eq!(d.properties.delivery_info.routing_key, "celery");
-        assert!(d.redelivered);
-    }
-
-    #[test]
-    fn parse_envelope_rejects_garbage_with_queue() {
-        let err = parse_envelope("q", "not json").expect_err("garbage");
-        assert!(matches!(err, BrokerError::MalformedEnvelope { ref queue, .. } if queue == "q"));
-        assert!(!err.is_connection());
-        let err = parse_envelope("q", r#"{"properties": {"delivery_tag": "t"}, "body": 1}"#)
-            .expect_err("body not a string");
-        assert!(
-            matches!(err, BrokerError::MalformedEnvelope { delivery_tag: Some(ref t), .. } if t == "t")
-        );
     }
 
     #[test]

@@ -180,11 +180,11 @@ fn query_task<B: Broker, R: ResultBackend>(
     let monitor = &ctx.monitor;
     let found: Map<String, Value> = monitor
         .tasks
-        .select(|r| wanted.contains(&r.id))
+        .select(|r| wanted.iter().any(|id| id == r.id()))
         .iter()
         .map(|r| {
             let info = r.info(&monitor.sender.hostname, monitor.sender.pid, false);
-            (r.id.clone(), json!([r.query_state(), info]))
+            (r.id().to_owned(), json!([r.query_state(), info]))
         })
         .collect();
     Value::Object(found)

@@ -17,8 +17,10 @@ use super::events::{EventQueue, Sender, TaskEventSwitch, now_seconds};
 use super::identity;
 use super::metrics::Metrics;
 use super::repr::result_repr;
-use super::state::{LimitOverrides, Phase, TaskRecord, Tasks};
-use crate::protocol::python_repr::{exception_repr, python_repr, python_tuple};
+use super::state::{
+    LimitOverrides, Phase, RecordedDelivery, TaskRecord, Tasks, args_repr, kwargs_repr,
+};
+use crate::protocol::python_repr::exception_repr;
 
 /// What the worker and remote control share.
 #[derive(Debug)]
@@ -89,17 +91,9 @@ impl Monitor {
     /// forgets it when dropped.
     pub fn task_received(
         self: &Arc<Self>,
-        message: &TaskMessage,
+        message: &Arc<TaskMessage>,
         delivery: &Delivery,
     ) -> TrackedTask {
-        let argsrepr = message
-            .argsrepr
-            .clone()
-            .unwrap_or_else(|| python_tuple(&message.args));
-        let kwargsrepr = message
-            .kwargsrepr
-            .clone()
-            .unwrap_or_else(|| python_repr(&Value::Object(message.kwargs.clone())));
         let eta_ahead = message
             .eta
             .as_ref()
@@ -115,22 +109,13 @@ impl Monitor {
             &info.routing_key
         };
         let record = TaskRecord {
-            id: message.id.clone(),
-            name: message
-                .shadow
-                .clone()
-                .unwrap_or_else(|| message.task.clone()),
-            task: message.task.clone(),
-            args: Value::Array(message.args.clone()),
-            kwargs: Value::Object(message.kwargs.clone()),
-            argsrepr: argsrepr.clone(),
-            kwargsrepr: kwargsrepr.clone(),
-            delivery_info: json!({
-                "exchange": info.exchange,
-                "routing_key": routing_key,
-                "priority": delivery.properties.priority.unwrap_or(0),
-                "redelivered": delivery.redelivered,
-            }),
+            message: Arc::clone(message),
+            delivery: RecordedDelivery {
+                exchange: info.exchange.clone(),
+                routing_key: routing_key.clone(),
+                priority: delivery.properties.priority.unwrap_or(0),
+                redelivered: delivery.redelivered,
+            },
             acknowledged: false,
             phase,
         };
@@ -138,8 +123,8 @@ impl Monitor {
         self.send_task_event("task-received", &message.id, || {
             let mut fields = Map::new();
             fields.insert("name".into(), Value::from(message.task.as_str()));
-            fields.insert("args".into(), Value::from(argsrepr));
-            fields.insert("kwargs".into(), Value::from(kwargsrepr));
+            fields.insert("args".into(), Value::from(args_repr(message)));
+            fields.insert("kwargs".into(), Value::from(kwargs_repr(message)));
             fields.insert("root_id".into(), json!(message.root_id));
             fields.insert("parent_id".into(), json!(message.parent_id));
             fields.insert("retries".into(), Value::from(message.retries));
@@ -255,7 +240,7 @@ impl Monitor {
         self.tasks
             .select(|r| matches!(r.phase, Phase::Active(_)))
             .into_iter()
-            .map(|r| r.id)
+            .map(|r| r.message.id.clone())
             .collect()
     }
 }

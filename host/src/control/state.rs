@@ -3,10 +3,13 @@
 //! since boot by name, and the limits changed by remote command since.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
+
+use crate::protocol::TaskMessage;
+use crate::protocol::python_repr::{python_repr, python_tuple};
 
 /// Where a task is between arrival and end.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,55 +23,74 @@ pub enum Phase {
 }
 
 /// A task the worker holds, with what `Request.info()` shows of it.
+///
+/// It shares the decoded message with the task's run, and builds the reprs and JSON that
+/// remote control shows only when asked: most tasks come and go without anyone asking.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskRecord {
-    /// The task id.
-    pub id: String,
-    /// The name shown (the `shadow` header when set).
-    pub name: String,
-    /// The registered task name.
-    pub task: String,
-    /// The decoded positional arguments.
-    pub args: Value,
-    /// The decoded keyword arguments.
-    pub kwargs: Value,
-    /// `argsrepr`, shown instead of `args` with `safe=True`.
-    pub argsrepr: String,
-    /// `kwargsrepr`, shown instead of `kwargs` with `safe=True`.
-    pub kwargsrepr: String,
-    /// `{exchange, routing_key, priority, redelivered}`.
-    pub delivery_info: Value,
+    /// The message, as decoded.
+    pub message: Arc<TaskMessage>,
+    /// Where its message came from.
+    pub delivery: RecordedDelivery,
     /// Whether its message was acked.
     pub acknowledged: bool,
     /// Where it is.
     pub phase: Phase,
 }
 
+/// The `delivery_info` that `Request.info()` shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedDelivery {
+    /// The exchange it was published to, `""` for the default one.
+    pub exchange: String,
+    /// Its routing key; the queue's name when the transport gives none.
+    pub routing_key: String,
+    /// Its priority, 0 when it has none.
+    pub priority: u8,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+}
+
 impl TaskRecord {
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.message.id
+    }
+
     /// `Request.info(safe)` (celery-worker-behaviour.md §3.7).
     pub fn info(&self, hostname: &str, pid: u32, safe: bool) -> Value {
+        let message = &self.message;
         let (args, kwargs) = if safe {
             (
-                Value::from(self.argsrepr.as_str()),
-                Value::from(self.kwargsrepr.as_str()),
+                Value::from(args_repr(message)),
+                Value::from(kwargs_repr(message)),
             )
         } else {
-            (self.args.clone(), self.kwargs.clone())
+            (
+                Value::Array(message.args.clone()),
+                Value::Object(message.kwargs.clone()),
+            )
         };
         let (time_start, worker_pid) = match self.phase {
             Phase::Active(start) => (Value::from(start), Value::from(pid)),
             _ => (Value::Null, Value::Null),
         };
+        let delivery = &self.delivery;
         json!({
-            "id": self.id,
-            "name": self.name,
+            "id": message.id,
+            "name": message.shadow.as_deref().unwrap_or(&message.task),
             "args": args,
             "kwargs": kwargs,
-            "type": self.task,
+            "type": message.task,
             "hostname": hostname,
             "time_start": time_start,
             "acknowledged": self.acknowledged,
-            "delivery_info": self.delivery_info,
+            "delivery_info": {
+                "exchange": delivery.exchange,
+                "routing_key": delivery.routing_key,
+                "priority": delivery.priority,
+                "redelivered": delivery.redelivered,
+            },
             "worker_pid": worker_pid,
         })
     }
@@ -80,6 +102,22 @@ impl TaskRecord {
             Phase::Reserved | Phase::Scheduled(_) => "reserved",
         }
     }
+}
+
+/// `argsrepr` as the client sent it, else the Python repr of the arguments.
+pub fn args_repr(message: &TaskMessage) -> String {
+    message
+        .argsrepr
+        .clone()
+        .unwrap_or_else(|| python_tuple(&message.args))
+}
+
+/// `kwargsrepr` as the client sent it, else the Python repr of the keyword arguments.
+pub fn kwargs_repr(message: &TaskMessage) -> String {
+    message
+        .kwargsrepr
+        .clone()
+        .unwrap_or_else(|| python_repr(&Value::Object(message.kwargs.clone())))
 }
 
 /// The tasks a worker holds, and its counters.
@@ -113,14 +151,20 @@ impl Tasks {
 
     /// Marks the task under `key` running since `time_start`, and counts it.
     pub fn start(&self, key: u64, time_start: f64) {
-        let mut name = None;
+        let mut started = None;
         self.update(key, |record| {
             record.phase = Phase::Active(time_start);
-            name = Some(record.task.clone());
+            started = Some(Arc::clone(&record.message));
         });
-        if let Some(name) = name {
+        if let Some(message) = started {
             self.processed.fetch_add(1, Ordering::Relaxed);
-            *lock(&self.totals).entry(name).or_default() += 1;
+            let mut totals = lock(&self.totals);
+            match totals.get_mut(&message.task) {
+                Some(count) => *count += 1,
+                None => {
+                    totals.insert(message.task.clone(), 1);
+                }
+            }
         }
     }
 
@@ -205,17 +249,24 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::OutgoingTask;
 
     fn record(id: &str, phase: Phase) -> TaskRecord {
+        let args = vec![json!(2), json!(3)];
+        let mut message = OutgoingTask::new(id, "tasks.add", args, Map::new())
+            .encode()
+            .decoded();
+        // As from a client that sends no reprs (protocol 1): the worker writes them.
+        message.argsrepr = None;
+        message.kwargsrepr = None;
         TaskRecord {
-            id: id.into(),
-            name: "tasks.add".into(),
-            task: "tasks.add".into(),
-            args: json!([2, 3]),
-            kwargs: json!({}),
-            argsrepr: "(2, 3)".into(),
-            kwargsrepr: "{}".into(),
-            delivery_info: json!({"exchange": "", "routing_key": "celery", "priority": 0, "redelivered": false}),
+            message: Arc::new(message),
+            delivery: RecordedDelivery {
+                exchange: String::new(),
+                routing_key: "celery".into(),
+                priority: 0,
+                redelivered: false,
+            },
             acknowledged: false,
             phase,
         }
@@ -229,8 +280,17 @@ mod tests {
         assert_eq!(info["time_start"], 12.5);
         assert_eq!(info["worker_pid"], 7);
         assert_eq!(info["hostname"], "w1@vm");
+        assert_eq!(info["name"], "tasks.add");
+        assert_eq!(
+            info["delivery_info"],
+            json!({"exchange": "", "routing_key": "celery", "priority": 0, "redelivered": false})
+        );
         let safe = record("a", Phase::Reserved).info("w1@vm", 7, true);
         assert_eq!(safe["args"], "(2, 3)");
+        assert_eq!(safe["kwargs"], "{}");
+        let mut sent_with_repr = record("a", Phase::Reserved);
+        Arc::make_mut(&mut sent_with_repr.message).argsrepr = Some("'<hidden>'".into());
+        assert_eq!(sent_with_repr.info("w1@vm", 7, true)["args"], "'<hidden>'");
         assert_eq!(safe["time_start"], Value::Null);
         assert_eq!(safe["worker_pid"], Value::Null);
     }
@@ -246,7 +306,7 @@ mod tests {
         assert_eq!(tasks.totals()["tasks.add"], 1);
         let reserved = tasks.select(|r| r.phase == Phase::Reserved);
         assert_eq!(reserved.len(), 1);
-        assert_eq!(reserved[0].id, "b");
+        assert_eq!(reserved[0].id(), "b");
         tasks.release(a);
         tasks.release(b);
         assert_eq!(tasks.active_count(), 0);

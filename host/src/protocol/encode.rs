@@ -94,6 +94,23 @@ pub struct EncodedMessage {
     pub body: Vec<u8>,
 }
 
+#[cfg(test)]
+impl EncodedMessage {
+    /// The message as a worker receiving it decodes it.
+    pub(crate) fn decoded(&self) -> super::TaskMessage {
+        super::decode(&super::RawMessage {
+            body: &self.body,
+            content_type: self.properties.content_type,
+            content_encoding: self.properties.content_encoding,
+            headers: &self.headers,
+            correlation_id: Some(&self.properties.correlation_id),
+            reply_to: self.properties.reply_to.as_deref(),
+            priority: Some(self.properties.priority),
+        })
+        .expect("own messages decode")
+    }
+}
+
 impl OutgoingTask {
     /// A message for `task` with id `id` and the given arguments; every other field is
     /// at Celery's default (no eta, no expiry, 0 retries, no limits, no work-flow).
@@ -226,22 +243,9 @@ fn truncate(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::protocol::kombu_json::marker;
-    use crate::protocol::message::{ProtocolVersion, RawMessage, decode};
+    use crate::protocol::message::ProtocolVersion;
     use proptest::prelude::*;
     use serde_json::json;
-
-    fn decode_encoded(encoded: &EncodedMessage) -> crate::protocol::TaskMessage {
-        decode(&RawMessage {
-            body: &encoded.body,
-            content_type: encoded.properties.content_type,
-            content_encoding: encoded.properties.content_encoding,
-            headers: &encoded.headers,
-            correlation_id: Some(&encoded.properties.correlation_id),
-            reply_to: encoded.properties.reply_to.as_deref(),
-            priority: Some(encoded.properties.priority),
-        })
-        .expect("own messages decode")
-    }
 
     #[test]
     fn a_retry_message_round_trips() {
@@ -285,7 +289,7 @@ mod tests {
         assert_eq!(encoded.properties.content_type, "application/json");
         assert_eq!(encoded.properties.delivery_mode, 2);
 
-        let message = decode_encoded(&encoded);
+        let message = encoded.decoded();
         assert_eq!(message.protocol, ProtocolVersion::V2);
         assert_eq!(message.id, "r-1");
         assert_eq!(message.task, "proj.fetch");
@@ -376,7 +380,7 @@ mod tests {
             let kwargs: Map<String, Value> = kwargs.into_iter().collect();
             let mut task = OutgoingTask::new("p", "proj.prop", args, kwargs);
             task.retries = retries;
-            let message = decode_encoded(&task.encode());
+            let message = task.encode().decoded();
             prop_assert_eq!(&message.args, &task.args);
             prop_assert_eq!(&message.kwargs, &task.kwargs);
             prop_assert_eq!(message.retries, retries);

@@ -172,20 +172,20 @@ pub fn decode(raw: &RawMessage<'_>) -> Result<TaskMessage, DecodeError> {
         .headers
         .get("id")
         .and_then(Value::as_str)
-        .or(raw.correlation_id)
-        .map(str::to_owned);
+        .or(raw.correlation_id);
+    let message_id = || id_hint.map(str::to_owned);
 
     let serializer = match ContentType::parse(raw.content_type) {
         ContentType::Accepted(serializer) => serializer,
         ContentType::Pickle => {
             return Err(DecodeError::PickleRefused {
-                message_id: id_hint,
+                message_id: message_id(),
                 content_type: raw.content_type.to_owned(),
             });
         }
         ContentType::Unknown => {
             return Err(DecodeError::UnknownContentType {
-                message_id: id_hint,
+                message_id: message_id(),
                 content_type: raw.content_type.to_owned(),
             });
         }
@@ -199,14 +199,14 @@ pub fn decode(raw: &RawMessage<'_>) -> Result<TaskMessage, DecodeError> {
                 .as_str()
                 .and_then(Compression::from_header)
                 .ok_or_else(|| DecodeError::UnknownCompression {
-                    message_id: id_hint.clone(),
+                    message_id: message_id(),
                     compression: header.to_string(),
                 })?;
             decompressed =
                 compression
                     .decompress(raw.body)
                     .map_err(|source| DecodeError::Decompress {
-                        message_id: id_hint.clone(),
+                        message_id: message_id(),
                         compression,
                         source,
                     })?;
@@ -217,7 +217,7 @@ pub fn decode(raw: &RawMessage<'_>) -> Result<TaskMessage, DecodeError> {
     let value = serializer
         .deserialize(body)
         .map_err(|reason| DecodeError::Deserialize {
-            message_id: id_hint.clone(),
+            message_id: message_id(),
             content_type: serializer.content_type(),
             reason,
         })?;
@@ -252,7 +252,7 @@ fn decode_v2(
     body: Value,
     json_text: Option<&str>,
 ) -> Result<TaskMessage, DecodeError> {
-    let fields = Fields::read(raw.headers.clone(), raw)?;
+    let fields = Fields::read(raw.headers, raw)?;
     let invalid = |field, reason| fields.invalid(field, reason);
     let Value::Array(parts) = body else {
         return Err(invalid("body", "is not a list [args, kwargs, embed]"));
@@ -304,7 +304,7 @@ fn decode_hybrid(
         }
     }
     merged.extend(raw.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let fields = Fields::read(merged, raw)?;
+    let fields = Fields::read(&merged, raw)?;
     decode_body_dict(fields, body, ProtocolVersion::Hybrid)
 }
 
@@ -322,7 +322,7 @@ fn decode_v1(
     {
         body.insert("group".to_owned(), taskset);
     }
-    let fields = Fields::read(body, raw)?;
+    let fields = Fields::read(&body, raw)?;
     decode_body_dict(fields, payload, ProtocolVersion::V1)
 }
 
@@ -408,80 +408,82 @@ struct Fields {
 }
 
 impl Fields {
-    fn read(mut map: Map<String, Value>, raw: &RawMessage<'_>) -> Result<Fields, DecodeError> {
-        let id_hint = map.get("id").and_then(Value::as_str).map(str::to_owned);
-        let task_hint = map.get("task").and_then(Value::as_str).map(str::to_owned);
+    /// Reads the fields from `map`, copying only what it keeps: the message's headers stay
+    /// with the delivery, which may still be acked, requeued or handed over as it came.
+    fn read(map: &Map<String, Value>, raw: &RawMessage<'_>) -> Result<Fields, DecodeError> {
         let invalid = |field, reason| DecodeError::InvalidTask {
-            message_id: id_hint
-                .clone()
-                .or_else(|| raw.correlation_id.map(str::to_owned)),
-            task: task_hint.clone(),
+            message_id: map
+                .get("id")
+                .and_then(Value::as_str)
+                .or(raw.correlation_id)
+                .map(str::to_owned),
+            task: map.get("task").and_then(Value::as_str).map(str::to_owned),
             field,
             reason,
         };
-        let mut take = |key: &'static str| map.remove(key).unwrap_or(Value::Null);
+        let get = |key: &'static str| map.get(key).unwrap_or(&Value::Null);
         let id =
-            required_str(take("id")).ok_or_else(|| invalid("id", "is missing or not a string"))?;
-        let task = required_str(take("task"))
+            required_str(get("id")).ok_or_else(|| invalid("id", "is missing or not a string"))?;
+        let task = required_str(get("task"))
             .ok_or_else(|| invalid("task", "is missing or not a string"))?;
-        let read_str = |key, value| opt_str(value).map_err(|reason| invalid(key, reason));
-        let read_ts = |key, value: Value| match value {
+        let read_str = |key| opt_str(get(key)).map_err(|reason| invalid(key, reason));
+        let read_ts = |key| match get(key) {
             Value::Null => Ok(None),
-            Value::String(text) => Timestamp::parse(&text)
+            Value::String(text) => Timestamp::parse(text)
                 .map(Some)
                 .ok_or_else(|| invalid(key, "is not an ISO 8601 timestamp")),
             _ => Err(invalid(key, "is not an ISO 8601 string")),
         };
-        let fields = Fields {
-            eta: read_ts("eta", take("eta"))?,
-            expires: read_ts("expires", take("expires"))?,
+        Ok(Fields {
+            eta: read_ts("eta")?,
+            expires: read_ts("expires")?,
             utc: true,
-            retries: opt_u32(take("retries"))
+            retries: opt_u32(get("retries"))
                 .map_err(|reason| invalid("retries", reason))?
                 .unwrap_or(0),
-            timelimit: read_timelimit(take("timelimit")).map_err(|r| invalid("timelimit", r))?,
-            root_id: read_str("root_id", take("root_id"))?,
-            parent_id: read_str("parent_id", take("parent_id"))?,
-            group: read_str("group", take("group"))?,
-            group_index: opt_u64(take("group_index")).map_err(|r| invalid("group_index", r))?,
-            shadow: read_str("shadow", take("shadow"))?,
-            origin: read_str("origin", take("origin"))?,
-            ignore_result: match take("ignore_result") {
+            timelimit: read_timelimit(get("timelimit")).map_err(|r| invalid("timelimit", r))?,
+            root_id: read_str("root_id")?,
+            parent_id: read_str("parent_id")?,
+            group: read_str("group")?,
+            group_index: opt_u64(get("group_index")).map_err(|r| invalid("group_index", r))?,
+            shadow: read_str("shadow")?,
+            origin: read_str("origin")?,
+            ignore_result: match get("ignore_result") {
                 Value::Null => None,
-                Value::Bool(b) => Some(b),
+                Value::Bool(b) => Some(*b),
                 _ => return Err(invalid("ignore_result", "is not a boolean or null")),
             },
-            replaced_task_nesting: opt_u32(take("replaced_task_nesting"))
+            replaced_task_nesting: opt_u32(get("replaced_task_nesting"))
                 .map_err(|r| invalid("replaced_task_nesting", r))?
                 .unwrap_or(0),
-            stamped_headers: match take("stamped_headers") {
+            stamped_headers: match get("stamped_headers") {
                 Value::Null => Vec::new(),
                 Value::Array(items) => items
-                    .into_iter()
+                    .iter()
                     .map(|item| match item {
-                        Value::String(s) => Ok(s),
+                        Value::String(s) => Ok(s.clone()),
                         _ => Err(invalid("stamped_headers", "is not a list of strings")),
                     })
                     .collect::<Result<_, _>>()?,
                 _ => return Err(invalid("stamped_headers", "is not a list of strings")),
             },
-            stamps: match take("stamps") {
+            stamps: match get("stamps") {
                 Value::Null => Map::new(),
-                Value::Object(stamps) => stamps,
+                Value::Object(stamps) => stamps.clone(),
                 _ => return Err(invalid("stamps", "is not a mapping")),
             },
-            argsrepr: read_str("argsrepr", take("argsrepr"))?,
-            kwargsrepr: read_str("kwargsrepr", take("kwargsrepr"))?,
+            argsrepr: read_str("argsrepr")?,
+            kwargsrepr: read_str("kwargsrepr")?,
             reply_to: raw.reply_to.map(str::to_owned),
             correlation_id: raw.correlation_id.map(str::to_owned),
             priority: raw.priority,
             id,
             task,
-            extra: Map::new(),
-        };
-        Ok(Fields {
-            extra: map,
-            ..fields
+            extra: map
+                .iter()
+                .filter(|(key, _)| !KNOWN_HEADERS.contains(&key.as_str()))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
         })
     }
 
@@ -537,22 +539,19 @@ impl Fields {
     }
 }
 
-fn required_str(value: Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s),
-        _ => None,
-    }
+fn required_str(value: &Value) -> Option<String> {
+    value.as_str().map(str::to_owned)
 }
 
-fn opt_str(value: Value) -> Result<Option<String>, &'static str> {
+fn opt_str(value: &Value) -> Result<Option<String>, &'static str> {
     match value {
         Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s)),
+        Value::String(s) => Ok(Some(s.clone())),
         _ => Err("is not a string or null"),
     }
 }
 
-fn opt_u64(value: Value) -> Result<Option<u64>, &'static str> {
+fn opt_u64(value: &Value) -> Result<Option<u64>, &'static str> {
     match value {
         Value::Null => Ok(None),
         Value::Number(n) => n.as_u64().map(Some).ok_or("is not a non-negative integer"),
@@ -560,13 +559,13 @@ fn opt_u64(value: Value) -> Result<Option<u64>, &'static str> {
     }
 }
 
-fn opt_u32(value: Value) -> Result<Option<u32>, &'static str> {
+fn opt_u32(value: &Value) -> Result<Option<u32>, &'static str> {
     opt_u64(value)?
         .map(|n| u32::try_from(n).map_err(|_| "is too large"))
         .transpose()
 }
 
-fn read_timelimit(value: Value) -> Result<TimeLimit, &'static str> {
+fn read_timelimit(value: &Value) -> Result<TimeLimit, &'static str> {
     let limit = |item: &Value| match item {
         Value::Null => Ok(None),
         Value::Number(n) => n.as_f64().map(Some).ok_or("has a non-numeric item"),

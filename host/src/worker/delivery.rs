@@ -43,7 +43,7 @@ async fn handle_resolving_in<B: Broker, R: ResultBackend + 'static>(
 ) {
     let consumer = &worker.consumer;
     let message = match protocol::decode(&delivery.raw()) {
-        Ok(message) => message,
+        Ok(message) => Arc::new(message),
         Err(err) => {
             tracing::error!(
                 "{err} (delivery tag {}, queue {})",

@@ -240,7 +240,7 @@ impl Monitor {
         self.tasks
             .select(|r| matches!(r.phase, Phase::Active(_)))
             .into_iter()
-            .map(|r| r.message.id.clone())
+            .map(|r| r.id().to_owned())
             .collect()
     }
 }

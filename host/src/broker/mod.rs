@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::protocol::{EncodedMessage, RawMessage, Timestamp};
+use crate::protocol::{EncodedMessage, Headers, RawMessage, Timestamp};
 
 pub use self::amqp::{AmqpBroker, AmqpOptions};
 pub use self::broadcast::{BroadcastExchange, BroadcastQueue, ExchangeKind, Subscription};
@@ -223,7 +223,7 @@ pub struct Delivery {
     /// e.g. `utf-8`.
     pub content_encoding: String,
     /// The message headers (Celery's task headers).
-    pub headers: Map<String, Value>,
+    pub headers: Headers,
     /// The message properties.
     pub properties: Properties,
     /// The message was delivered before and not acked (restored or requeued).
@@ -292,11 +292,11 @@ impl Outgoing {
             body: delivery.body.clone(),
             content_type: delivery.content_type.clone(),
             content_encoding: delivery.content_encoding.clone(),
-            headers: delivery.headers.clone(),
+            headers: delivery.headers.to_map(),
             correlation_id: delivery.properties.correlation_id.clone(),
             reply_to: delivery.properties.reply_to.clone(),
             priority: delivery.properties.priority,
-            expiration: expiration_of(&delivery.headers),
+            expiration: expiration_of(delivery.headers.get("expires")),
         }
     }
 }
@@ -315,7 +315,7 @@ impl From<EncodedMessage> for Outgoing {
             correlation_id: Some(properties.correlation_id),
             reply_to: properties.reply_to,
             priority: Some(properties.priority),
-            expiration: expiration_of(&headers),
+            expiration: expiration_of(headers.get("expires")),
             headers,
         }
     }
@@ -323,8 +323,8 @@ impl From<EncodedMessage> for Outgoing {
 
 /// The time left until the `expires` header, as Celery's `send_task` turns it into the
 /// `expiration` property: from now, and 0 when already past.
-fn expiration_of(headers: &Map<String, Value>) -> Option<Duration> {
-    let expires = Timestamp::parse(headers.get("expires")?.as_str()?)?;
+fn expiration_of(expires: Option<&Value>) -> Option<Duration> {
+    let expires = Timestamp::parse(expires?.as_str()?)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));

@@ -263,7 +263,8 @@ mod tests {
             headers: json!({"clock": 3, "expires": 0})
                 .as_object()
                 .cloned()
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into(),
             properties: Properties {
                 delivery_tag: "t".into(),
                 delivery_info: DeliveryInfo::default(),

@@ -102,7 +102,7 @@ impl EncodedMessage {
             body: &self.body,
             content_type: self.properties.content_type,
             content_encoding: self.properties.content_encoding,
-            headers: &self.headers,
+            headers: &self.headers.clone().into(),
             correlation_id: Some(&self.properties.correlation_id),
             reply_to: self.properties.reply_to.as_deref(),
             priority: Some(self.properties.priority),

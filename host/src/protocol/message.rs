@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::DecodeError;
 use super::content::{Compression, ContentType, Serializer};
+use super::headers::{Headers, TASK_KEYS};
 use super::kombu_json::{to_kombu_json, top_level_array_items};
 use super::timestamp::Timestamp;
 
@@ -24,7 +25,7 @@ pub struct RawMessage<'a> {
     /// `content-encoding`; informational here (JSON and YAML must be UTF-8).
     pub content_encoding: &'a str,
     /// The task headers: the Redis envelope's `headers`, AMQP's application headers.
-    pub headers: &'a Map<String, Value>,
+    pub headers: &'a Headers,
     /// The `correlation_id` property.
     pub correlation_id: Option<&'a str>,
     /// The `reply_to` property.
@@ -130,28 +131,6 @@ pub struct TaskMessage {
     /// `compression`, `redelivered`, custom `apply_async(headers=…)` entries, …
     pub extra_headers: Map<String, Value>,
 }
-
-/// Header keys read into [`TaskMessage`] fields; everything else goes to `extra_headers`.
-const KNOWN_HEADERS: &[&str] = &[
-    "id",
-    "task",
-    "eta",
-    "expires",
-    "retries",
-    "timelimit",
-    "root_id",
-    "parent_id",
-    "group",
-    "group_index",
-    "shadow",
-    "origin",
-    "ignore_result",
-    "replaced_task_nesting",
-    "stamped_headers",
-    "stamps",
-    "argsrepr",
-    "kwargsrepr",
-];
 
 /// v1 body keys that hold the payload rather than metadata.
 const V1_PAYLOAD_KEYS: &[&str] = &[
@@ -297,13 +276,13 @@ fn decode_hybrid(
     mut body: Map<String, Value>,
 ) -> Result<TaskMessage, DecodeError> {
     // Metadata from the body, overlaid by the message headers.
-    let mut merged = Map::new();
-    for key in KNOWN_HEADERS.iter().chain(&["lang", "meth"]) {
+    let mut merged = Headers::default();
+    for key in TASK_KEYS.iter().chain(&["lang", "meth"]) {
         if let Some(value) = body.remove(*key) {
             merged.insert((*key).to_owned(), value);
         }
     }
-    merged.extend(raw.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    merged.extend(raw.headers.iter().map(|(k, v)| (k.to_owned(), v.clone())));
     let fields = Fields::read(&merged, raw)?;
     decode_body_dict(fields, body, ProtocolVersion::Hybrid)
 }
@@ -322,7 +301,7 @@ fn decode_v1(
     {
         body.insert("group".to_owned(), taskset);
     }
-    let fields = Fields::read(&body, raw)?;
+    let fields = Fields::read(&Headers::from(body), raw)?;
     decode_body_dict(fields, payload, ProtocolVersion::V1)
 }
 
@@ -408,20 +387,24 @@ struct Fields {
 }
 
 impl Fields {
-    /// Reads the fields from `map`, copying only what it keeps: the message's headers stay
-    /// with the delivery, which may still be acked, requeued or handed over as it came.
-    fn read(map: &Map<String, Value>, raw: &RawMessage<'_>) -> Result<Fields, DecodeError> {
+    /// Reads the fields from `headers` (or a v1 body dict), copying only what it keeps: the
+    /// message's headers stay with the delivery, which may still be acked, requeued or
+    /// handed over as it came.
+    fn read(headers: &Headers, raw: &RawMessage<'_>) -> Result<Fields, DecodeError> {
         let invalid = |field, reason| DecodeError::InvalidTask {
-            message_id: map
+            message_id: headers
                 .get("id")
                 .and_then(Value::as_str)
                 .or(raw.correlation_id)
                 .map(str::to_owned),
-            task: map.get("task").and_then(Value::as_str).map(str::to_owned),
+            task: headers
+                .get("task")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             field,
             reason,
         };
-        let get = |key: &'static str| map.get(key).unwrap_or(&Value::Null);
+        let get = |key: &'static str| headers.get(key).unwrap_or(&Value::Null);
         let id =
             required_str(get("id")).ok_or_else(|| invalid("id", "is missing or not a string"))?;
         let task = required_str(get("task"))
@@ -479,11 +462,7 @@ impl Fields {
             priority: raw.priority,
             id,
             task,
-            extra: map
-                .iter()
-                .filter(|(key, _)| !KNOWN_HEADERS.contains(&key.as_str()))
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect(),
+            extra: headers.other().clone(),
         })
     }
 
@@ -594,7 +573,7 @@ mod tests {
         body: Vec<u8>,
         content_type: String,
         content_encoding: String,
-        headers: Map<String, Value>,
+        headers: Headers,
         properties: Value,
     }
 
@@ -617,7 +596,11 @@ mod tests {
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
-                headers: env["headers"].as_object().cloned().unwrap_or_default(),
+                headers: env["headers"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into(),
                 properties,
             }
         }
@@ -645,7 +628,7 @@ mod tests {
         Envelope::parse(&std::fs::read_to_string(&path).expect("fixture exists"))
     }
 
-    fn v2_headers(id: &str) -> Map<String, Value> {
+    fn v2_headers(id: &str) -> Headers {
         let text = std::fs::read_to_string(format!(
             "{}/../tests/fixtures/messages/5.7.0/redis_envelope_add.json",
             env!("CARGO_MANIFEST_DIR")
@@ -656,7 +639,7 @@ mod tests {
         headers
     }
 
-    fn decode_json(headers: &Map<String, Value>, body: &str) -> Result<TaskMessage, DecodeError> {
+    fn decode_json(headers: &Headers, body: &str) -> Result<TaskMessage, DecodeError> {
         decode(&RawMessage {
             body: body.as_bytes(),
             content_type: "application/json",
@@ -776,14 +759,14 @@ mod tests {
     fn v1_taskset_is_the_group() {
         let body =
             r#"{"task": "t", "id": "x", "args": [], "kwargs": {}, "taskset": "g1", "utc": false}"#;
-        let message = decode_json(&Map::new(), body).expect("decodes");
+        let message = decode_json(&Headers::default(), body).expect("decodes");
         assert_eq!(message.group.as_deref(), Some("g1"));
         assert!(!message.utc);
     }
 
     #[test]
     fn hybrid_body_is_overlaid_by_headers() {
-        let mut headers = Map::new();
+        let mut headers = Headers::default();
         headers.insert("task".into(), json!("proj.add"));
         headers.insert("id".into(), json!("from-header"));
         let body = r#"{"id": "from-body", "args": [1], "kwargs": {"k": 2}, "retries": 3, "callbacks": [{"task": "c"}]}"#;
@@ -847,7 +830,7 @@ mod tests {
         assert_eq!(message.args, vec![json!(1), json!(2)]);
     }
 
-    fn error_for(headers: &Map<String, Value>, content_type: &str, body: &[u8]) -> DecodeError {
+    fn error_for(headers: &Headers, content_type: &str, body: &[u8]) -> DecodeError {
         decode(&RawMessage {
             body,
             content_type,
@@ -906,7 +889,7 @@ mod tests {
 
     #[test]
     fn neither_v1_nor_v2_is_an_unknown_message() {
-        let err = error_for(&Map::new(), "application/json", b"[[1], {}, null]");
+        let err = error_for(&Headers::default(), "application/json", b"[[1], {}, null]");
         assert!(matches!(err, DecodeError::UnknownMessage { .. }), "{err}");
         assert_eq!(err.disposition(), Disposition::RejectWithoutRequeue);
         assert_eq!(err.message_id(), Some("corr"));
@@ -1028,7 +1011,7 @@ mod tests {
                 ],
                 v2 in any::<bool>(),
             ) {
-                let mut headers = if v2 { v2_headers("fuzz") } else { Map::new() };
+                let mut headers = if v2 { v2_headers("fuzz") } else { Headers::default() };
                 if let Some(compression) = compression {
                     headers.insert("compression".into(), json!(compression));
                 }
@@ -1047,7 +1030,7 @@ mod tests {
             fn decode_never_panics_on_json_like_text(body in r#"[\[\]{}",:0-9a-zA-Z\\ .eE+-]{0,80}"#) {
                 let headers = v2_headers("fuzz");
                 let _ = decode_json(&headers, &body);
-                let _ = decode_json(&Map::new(), &body);
+                let _ = decode_json(&Headers::default(), &body);
             }
         }
     }

@@ -13,11 +13,13 @@
 //! * [`kombu_json`]: lenient kombu JSON (NaN, Infinity, big integers) without loss.
 //! * [`message`]: [`decode`] a delivery into a [`TaskMessage`].
 //! * [`encode`]: build an outgoing v2 message from an [`OutgoingTask`].
+//! * [`headers`]: a delivery's [`Headers`], task keys held apart from the rest.
 //! * [`signature`]: canvas signature dicts and the messages they become.
 //! * [`timestamp`]: ISO 8601 `eta`/`expires` values.
 
 pub mod content;
 pub mod encode;
+pub mod headers;
 pub mod kombu_json;
 pub mod message;
 pub mod python_repr;
@@ -26,6 +28,7 @@ pub mod timestamp;
 
 pub use content::{Compression, ContentType, Serializer};
 pub use encode::{EncodedMessage, OutgoingProperties, OutgoingTask};
+pub use headers::Headers;
 pub use message::{Embed, ProtocolVersion, RawMessage, TaskMessage, TimeLimit, decode};
 pub use signature::{Route, Sender, Signature, SignatureError};
 pub use timestamp::Timestamp;

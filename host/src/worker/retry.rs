@@ -141,7 +141,7 @@ mod tests {
             body: &outgoing.body,
             content_type: &outgoing.content_type,
             content_encoding: &outgoing.content_encoding,
-            headers: &outgoing.headers,
+            headers: &outgoing.headers.clone().into(),
             correlation_id: outgoing.correlation_id.as_deref(),
             reply_to: outgoing.reply_to.as_deref(),
             priority: outgoing.priority,

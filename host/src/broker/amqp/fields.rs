@@ -9,6 +9,7 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{Map, Number, Value};
 
 use crate::broker::{BrokerError, Delivery, DeliveryInfo, Outgoing, Properties};
+use crate::protocol::Headers;
 
 /// The longest AMQP short string (names, routing keys, most properties).
 pub const MAX_SHORT: usize = 255;
@@ -66,7 +67,7 @@ pub fn delivery(queue: &str, delivery_tag: String, message: lapin::message::Deli
         headers: props
             .headers()
             .as_ref()
-            .map(json_from_table)
+            .map(|table| Headers::from(json_from_table(table)))
             .unwrap_or_default(),
         properties: Properties {
             correlation_id: text(props.correlation_id()),

@@ -1,19 +1,26 @@
 //! kombu's Redis envelope (spec §3.2): the JSON text a message is stored as in a queue's
 //! list, written for publishing and read into a [`Delivery`] when popped.
 //!
-//! Reading goes straight into typed fields instead of a JSON tree: only the headers stay a
-//! map (every layer above reads them as one), and members kombu writes that the worker does
-//! not use are skipped without being stored. Fields of the wrong type are read as absent,
-//! as when the envelope was read from a tree; only a missing delivery tag, headers that are
-//! not a mapping and a body that is not a string make the envelope malformed.
+//! Reading goes straight into typed fields instead of a JSON tree, the headers into
+//! [`Headers`], and members kombu writes that the worker does not use are skipped without
+//! being stored. Fields of the wrong type are read as absent, as when the envelope was read
+//! from a tree; only a missing delivery tag, headers that are not a mapping and a body that
+//! is not a string make the envelope malformed.
+
+use std::fmt;
+use std::marker::PhantomData;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use super::clamp_priority;
 use crate::broker::{BrokerError, Delivery, DeliveryInfo, Outgoing, Properties};
+use crate::protocol::Headers;
 use crate::protocol::kombu_json::parse_with_surrogate_repair;
 
 /// The kombu envelope for `message`.
@@ -71,8 +78,83 @@ struct Envelope {
     )]
     content_encoding: Option<String>,
     #[serde(default)]
-    headers: Value,
+    headers: ObjectMember<Headers>,
     properties: Option<EnvelopeProperties>,
+}
+
+/// A member that should be a JSON object, read straight into `T` when it is one. Null and
+/// absence read as `None`; any other value too, but is remembered as the wrong type.
+struct ObjectMember<T> {
+    object: Option<T>,
+    wrong_type: bool,
+}
+
+impl<T> Default for ObjectMember<T> {
+    fn default() -> Self {
+        ObjectMember {
+            object: None,
+            wrong_type: false,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectMember<T> {
+    fn deserialize<D: Deserializer<'de>>(input: D) -> Result<Self, D::Error> {
+        struct AnyValue<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for AnyValue<T> {
+            type Value = ObjectMember<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, entries: A) -> Result<Self::Value, A::Error> {
+                let object = T::deserialize(MapAccessDeserializer::new(entries))?;
+                Ok(ObjectMember {
+                    object: Some(object),
+                    wrong_type: false,
+                })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ObjectMember::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+                while items.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(wrong_type())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(wrong_type())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(wrong_type())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(wrong_type())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(wrong_type())
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(wrong_type())
+            }
+        }
+        fn wrong_type<T>() -> ObjectMember<T> {
+            ObjectMember {
+                object: None,
+                wrong_type: true,
+            }
+        }
+        input.deserialize_any(AnyValue(PhantomData))
+    }
+}
+
+/// The members of `properties.delivery_info` the worker reads.
+#[derive(Default, Deserialize)]
+struct EnvelopeDeliveryInfo {
+    #[serde(default, deserialize_with = "string_or_absent")]
+    exchange: Option<String>,
+    #[serde(default, deserialize_with = "string_or_absent")]
+    routing_key: Option<String>,
+    #[serde(default, deserialize_with = "bool_or_absent")]
+    redelivered: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -88,7 +170,7 @@ struct EnvelopeProperties {
     #[serde(default, deserialize_with = "string_or_absent")]
     body_encoding: Option<String>,
     #[serde(default)]
-    delivery_info: Value,
+    delivery_info: ObjectMember<EnvelopeDeliveryInfo>,
 }
 
 fn string_or_absent<'de, D: Deserializer<'de>>(input: D) -> Result<Option<String>, D::Error> {
@@ -96,6 +178,10 @@ fn string_or_absent<'de, D: Deserializer<'de>>(input: D) -> Result<Option<String
         Value::String(text) => Some(text),
         _ => None,
     })
+}
+
+fn bool_or_absent<'de, D: Deserializer<'de>>(input: D) -> Result<Option<bool>, D::Error> {
+    Ok(Value::deserialize(input)?.as_bool())
 }
 
 fn u64_or_absent<'de, D: Deserializer<'de>>(input: D) -> Result<Option<u64>, D::Error> {
@@ -117,11 +203,10 @@ pub(super) fn parse_envelope(queue: &str, text: &str) -> Result<Delivery, Broker
     let Some(tag) = properties.delivery_tag else {
         return Err(malformed(None, "no delivery_tag".into()));
     };
-    let headers = match envelope.headers {
-        Value::Object(headers) => headers,
-        Value::Null => Map::new(),
-        _ => return Err(malformed(Some(&tag), "headers is not an object".into())),
-    };
+    if envelope.headers.wrong_type {
+        return Err(malformed(Some(&tag), "headers is not an object".into()));
+    }
+    let headers = envelope.headers.object.unwrap_or_default();
     let Value::String(body_text) = envelope.body else {
         return Err(malformed(Some(&tag), "body is not a string".into()));
     };
@@ -131,20 +216,12 @@ pub(super) fn parse_envelope(queue: &str, text: &str) -> Result<Delivery, Broker
             .map_err(|e| malformed(Some(&tag), format!("body is not base64: {e}")))?,
         _ => body_text.into_bytes(),
     };
-    let info = properties.delivery_info.as_object();
-    let info_str = |name: &str| {
-        info.and_then(|i| i.get(name))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let flagged = |fields: Option<&Map<String, Value>>| {
-        fields
-            .and_then(|f| f.get("redelivered"))
+    let info = properties.delivery_info.object.unwrap_or_default();
+    let redelivered = info.redelivered.unwrap_or(false)
+        || headers
+            .get("redelivered")
             .and_then(Value::as_bool)
-            .unwrap_or(false)
-    };
-    let redelivered = flagged(info) || flagged(Some(&headers));
+            .unwrap_or(false);
     Ok(Delivery {
         queue: queue.to_owned(),
         body,
@@ -156,8 +233,8 @@ pub(super) fn parse_envelope(queue: &str, text: &str) -> Result<Delivery, Broker
             priority: properties.priority.map(clamp_priority),
             delivery_tag: tag,
             delivery_info: DeliveryInfo {
-                exchange: info_str("exchange"),
-                routing_key: info_str("routing_key"),
+                exchange: info.exchange.unwrap_or_default(),
+                routing_key: info.routing_key.unwrap_or_default(),
             },
         },
         headers,
@@ -190,6 +267,25 @@ mod tests {
     }
 
     #[test]
+    fn redelivered_is_read_from_delivery_info_or_headers() {
+        let envelope = |info: &str, headers: &str| {
+            format!(
+                r#"{{"body": "", "headers": {headers}, "properties": {{"delivery_tag": "t",
+                "delivery_info": {info}}}}}"#
+            )
+        };
+        let redelivered = |info, headers| {
+            parse_envelope("q", &envelope(info, headers))
+                .expect("valid envelope")
+                .redelivered
+        };
+        assert!(redelivered(r#"{"redelivered": true, "exchange": 5}"#, "{}"));
+        assert!(redelivered("{}", r#"{"redelivered": true}"#));
+        assert!(!redelivered(r#"{"redelivered": "yes"}"#, "null"));
+        assert!(!redelivered("[true]", r#"{"redelivered": false}"#));
+    }
+
+    #[test]
     fn parse_envelope_reads_what_it_wrote() {
         let message = Outgoing {
             body: b"[[1], {}, {}]".to_vec(),
@@ -205,7 +301,7 @@ mod tests {
         let text = build_envelope("ex", "rk", &message, 3, 2);
         let d = parse_envelope("q", &text).expect("own envelope");
         assert_eq!(d.body, message.body);
-        assert_eq!(d.headers, message.headers);
+        assert_eq!(d.headers.to_map(), message.headers);
         assert_eq!(d.properties.priority, Some(3));
         assert_eq!(d.properties.delivery_info.exchange, "ex");
         assert_eq!(d.properties.delivery_info.routing_key, "rk");
@@ -248,6 +344,17 @@ mod tests {
                 ..
             }
         ));
+        for headers in ["[1, {}]", "\"h\"", "7"] {
+            let text = format!(
+                r#"{{"body": "", "headers": {headers}, "properties": {{"delivery_tag": "t"}}}}"#
+            );
+            let err = parse_envelope("q", &text).expect_err("headers not a mapping");
+            assert!(
+                matches!(err, BrokerError::MalformedEnvelope { delivery_tag: Some(ref t), ref reason, .. }
+                    if t == "t" && reason.contains("headers")),
+                "{headers}: {err}"
+            );
+        }
         let err = parse_envelope("q", r#"{"body": "", "headers": []}"#).expect_err("no properties");
         assert!(matches!(
             err,

@@ -398,7 +398,7 @@ mod tests {
             body: message.body,
             content_type: message.content_type,
             content_encoding: message.content_encoding,
-            headers: message.headers,
+            headers: message.headers.into(),
             properties: Properties::default(),
             redelivered: false,
         }

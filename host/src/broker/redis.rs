@@ -499,10 +499,10 @@ impl RedisBroker {
         self.journal.fetched(journal, reply.is_ok());
         let flat = reply.map_err(redis_error("fetch", &keys.join(",")))?;
         let mut popped = Vec::with_capacity(flat.len() / 3);
-        for triple in flat.chunks_exact(3) {
-            let [key, text, recorded] = triple else {
-                continue;
-            };
+        let mut items = flat.into_iter();
+        while let (Some(key), Some(text), Some(recorded)) =
+            (items.next(), items.next(), items.next())
+        {
             let (Some(key), Some(text)) = (bulk_text(key), bulk_text(text)) else {
                 continue;
             };
@@ -780,11 +780,14 @@ impl Push {
     }
 }
 
-/// A bulk string reply as text (invalid UTF-8 replaced, so the envelope parser reports
-/// it); `None` for any other reply.
-fn bulk_text(value: &redis::Value) -> Option<String> {
+/// A bulk string reply as text, without a copy when it is valid UTF-8 (invalid sequences
+/// are replaced, so the envelope parser reports them); `None` for any other reply.
+fn bulk_text(value: redis::Value) -> Option<String> {
     match value {
-        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        redis::Value::BulkString(bytes) => Some(
+            String::from_utf8(bytes)
+                .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned()),
+        ),
         _ => None,
     }
 }

@@ -43,9 +43,27 @@ impl Timestamp {
             second_of_day / 60 % 60,
             second_of_day % 60,
         );
-        let mut text = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}");
+        // Written digit by digit: a worker writes one for every result it stores.
+        let mut text = String::with_capacity("2024-01-02T03:04:05.123456+00:00".len());
+        match u32::try_from(year) {
+            Ok(year) if year <= 9999 => push_padded(&mut text, year, 4),
+            _ => text.push_str(&format!("{year:04}")),
+        }
+        // Each is in 0..60 by construction.
+        let parts = [
+            ('-', month),
+            ('-', day),
+            ('T', hour),
+            (':', minute),
+            (':', second),
+        ];
+        for (separator, value) in parts {
+            text.push(separator);
+            push_padded(&mut text, value as u32, 2);
+        }
         if micros != 0 {
-            text.push_str(&format!(".{micros:06}"));
+            text.push('.');
+            push_padded(&mut text, micros as u32, 6);
         }
         text.push_str("+00:00");
         Timestamp {
@@ -225,6 +243,14 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// The inverse of [`days_from_civil`].
+/// Appends `value` as `width` decimal digits, zero-padded; `value` must have no more.
+fn push_padded(text: &mut String, value: u32, width: u32) {
+    for place in (0..width).rev() {
+        let digit = value / 10u32.pow(place) % 10;
+        text.push(char::from(b'0' + digit as u8));
+    }
+}
+
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -307,5 +333,16 @@ mod tests {
             Timestamp::from_unix_micros(1_795_239_144_000_000).as_str(),
             "2026-11-21T05:32:24+00:00"
         );
+        for (micros, python_isoformat) in [
+            (1_795_239_144_000_007, "2026-11-21T05:32:24.000007+00:00"),
+            (-1, "1969-12-31T23:59:59.999999+00:00"),
+            (-62_135_596_800_000_000, "0001-01-01T00:00:00+00:00"),
+            (253_402_300_799_000_000, "9999-12-31T23:59:59+00:00"),
+        ] {
+            assert_eq!(
+                Timestamp::from_unix_micros(micros).as_str(),
+                python_isoformat
+            );
+        }
     }
 }

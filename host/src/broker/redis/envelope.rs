@@ -318,7 +318,7 @@ mod tests {
             "no body_encoding: the body is the text itself"
         );
         assert_eq!(d.content_type, "");
-        assert!(d.headers.is_empty());
+        assert_eq!(d.headers, Headers::default());
         assert_eq!(d.properties.priority, None);
         assert_eq!(d.properties.reply_to, None);
         assert_eq!(d.properties.delivery_info.routing_key, "");

@@ -40,9 +40,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
+    // One task at a time: a pool of 4 instances is plenty, and its small address space
+    // lets the bench run under valgrind (a default pool reserves terabytes).
+    let default = EngineOptions {
+        max_instances: 4,
+        ..EngineOptions::default()
+    };
     let madvise = EngineOptions {
         keep_resident_bytes: 0,
-        ..EngineOptions::default()
+        ..default.clone()
     };
     let reuse = Isolation::Reuse {
         max_tasks_per_instance: u32::MAX,
@@ -58,7 +64,6 @@ fn main() {
         engine: engine.clone(),
         isolation,
     };
-    let default = EngineOptions::default();
     let cases = vec![
         case("wat, fresh", wat(), "bench.add", &default, Isolation::Fresh),
         case("rust, fresh", rust(), "rs.add", &default, Isolation::Fresh),

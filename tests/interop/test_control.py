@@ -255,6 +255,30 @@ def test_shutdown_stops_the_worker_warmly(start, unique_queue, node, client):
     assert running.get(timeout=TIMEOUT) == 2, "the running task finished first"
 
 
+def test_pool_grow_and_shrink_stay_within_the_room_of_the_instance_pool(start, unique_queue,
+                                                                        node, client):
+    """pool_grow adds slots while --max-instances has room for them (one instance stays
+    free for loading a component); beyond that the worker answers with an error, as Celery
+    does for a command it cannot carry out. pool_shrink takes slots away."""
+    start(unique_queue, "-n", node, "--max-instances", "6", concurrency=2)
+
+    def command(name, n):
+        return getattr(client.control, name)(n=n, destination=[node], reply=True, timeout=2)
+
+    def slots():
+        return inspect(client, node).stats()[node]["pool"]["max-concurrency"]
+
+    assert command("pool_grow", 2) == [{node: {"ok": "pool will grow"}}]
+    assert slots() == 4
+    (refused,) = command("pool_grow", 2)
+    assert "room for 5 tasks at once" in refused[node]["error"], refused
+    assert slots() == 4
+    assert command("pool_grow", 1) == [{node: {"ok": "pool will grow"}}]
+    assert command("pool_shrink", 2) == [{node: {"ok": "pool will shrink"}}]
+    assert slots() == 3
+    assert client.send_task("tasks.add", (2, 2)).get(timeout=TIMEOUT) == 4
+
+
 def registered_names(client, node):
     return {entry.split()[0] for entry in inspect(client, node).registered()[node]}
 

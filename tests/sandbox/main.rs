@@ -8,4 +8,5 @@ mod hotswap;
 mod isolation;
 mod limits;
 mod outcomes;
+mod pool;
 mod registry;

@@ -190,14 +190,36 @@ pub fn trap_guest(name: &str) -> Vec<u8> {
 /// Counts to `iterations` in a loop (about a nanosecond each), then returns `Ok(result_json)`:
 /// a task that stays busy for a while without any host call.
 pub fn spinning_guest(name: &str, iterations: u64, result_json: &str) -> Vec<u8> {
-    let body = format!(
+    guest_component(&[name], &spin_wat(iterations), result_json)
+}
+
+fn spin_wat(iterations: u64) -> String {
+    format!(
         r#"
         (local.set $tmp64 (i64.const 0))
         (loop $count
           (local.set $tmp64 (i64.add (local.get $tmp64) (i64.const 1)))
           (br_if $count (i64.lt_u (local.get $tmp64) (i64.const {iterations}))))"#
+    )
+}
+
+/// Logs one line, then spins like [`spinning_guest`] and returns `Ok("null")`. Lowering the
+/// `log` import makes wit-component add two core modules (a shim and its fixup), so each
+/// instance of this component holds three core instances.
+pub fn logging_spinning_guest(name: &str, iterations: u64) -> Vec<u8> {
+    let mut guest = CoreGuest::new(&[name]);
+    let (msg_ptr, msg_len) = guest.string("spinning");
+    let (null_ptr, null_len) = guest.string("null");
+    let body = format!(
+        r#"
+        (call $ctx_log (i32.const {info}) (i32.const {msg_ptr}) (i32.const {msg_len}))
+        {spin}
+        {ok}"#,
+        info = abi::LOG_INFO,
+        spin = spin_wat(iterations),
+        ok = guest.return_ok(&konst(null_ptr), &konst(null_len)),
     );
-    guest_component(&[name], &body, result_json)
+    guest.finish(&body)
 }
 
 /// `component` with a top-level `version` custom section holding `version`, the way

@@ -50,7 +50,11 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         soft: args.limits.soft_time_limit,
     };
 
-    let sandbox = Sandbox::new(&EngineOptions::default())?;
+    // One instance describes each component as it loads, then one runs the task.
+    let sandbox = Sandbox::new(&EngineOptions {
+        max_instances: 2,
+        ..EngineOptions::default()
+    })?;
     let cache = args.tasks.cache();
     let registry = Registry::load_dir(&sandbox, &args.tasks.tasks_dir, cache.as_ref()).await?;
     let Some(component) = registry.resolve(&args.call.name) else {

@@ -29,6 +29,11 @@ pub struct WorkerArgs {
     /// Tasks running at once [default: number of CPUs]
     #[arg(short = 'c', long)]
     pub concurrency: Option<usize>,
+    /// WebAssembly instances that may exist at once: running tasks, idle `reuse` instances
+    /// and one for loading a component. Each reserves 8 GiB of address space, not memory
+    /// [default: 1000, or 2 × concurrency + 1 if more]
+    #[arg(long, value_name = "N")]
+    pub max_instances: Option<u32>,
     /// Unacked messages held per concurrency slot
     #[arg(long, default_value_t = 4)]
     pub prefetch_multiplier: u32,
@@ -102,6 +107,25 @@ pub fn main(args: WorkerArgs) -> i32 {
     super::run_async(run(args))
 }
 
+/// The sandbox's instance pool for `concurrency` slots: the one asked for, if it leaves room
+/// for every slot and a load; by default 1,000 or, for a larger concurrency, enough for every
+/// slot to also keep an idle `reuse` instance.
+fn instance_pool_size(asked: Option<u32>, concurrency: usize) -> anyhow::Result<u32> {
+    let slots = u32::try_from(concurrency)
+        .ok()
+        .filter(|&slots| slots < u32::MAX / 2)
+        .ok_or_else(|| anyhow::anyhow!("-c {concurrency} is more tasks than a worker can run"))?;
+    let needed = slots + 1;
+    match asked {
+        Some(size) if size < needed => anyhow::bail!(
+            "--max-instances {size} leaves no room for {concurrency} running tasks and a \
+             component being loaded: it must be at least {needed}"
+        ),
+        Some(size) => Ok(size),
+        None => Ok(EngineOptions::DEFAULT_MAX_INSTANCES.max(2 * slots + 1)),
+    }
+}
+
 /// Expands Celery's `%h`, `%n`, `%d` (and `%%`) in a node name.
 pub fn expand_nodename(pattern: &str, host: &str) -> String {
     let short = host.split_once('.').map_or(host, |(short, _)| short);
@@ -159,7 +183,10 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
     }
     limits.validate().map_err(anyhow::Error::msg)?;
 
-    let sandbox = Sandbox::new(&EngineOptions::default())?;
+    let sandbox = Sandbox::new(&EngineOptions {
+        max_instances: instance_pool_size(args.max_instances, concurrency)?,
+        ..EngineOptions::default()
+    })?;
     let cache = args.tasks.cache();
     let registry =
         Arc::new(Registry::load_dir(&sandbox, &args.tasks.tasks_dir, cache.as_ref()).await?);
@@ -377,7 +404,17 @@ async fn wait_for_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::{expand_nodename, node_format};
+    use super::{expand_nodename, instance_pool_size, node_format};
+
+    #[test]
+    fn the_instance_pool_has_room_for_every_slot_and_a_load() {
+        assert_eq!(instance_pool_size(None, 2).unwrap(), 1000);
+        assert_eq!(instance_pool_size(None, 600).unwrap(), 1201);
+        assert_eq!(instance_pool_size(Some(9), 8).unwrap(), 9);
+        let refused = instance_pool_size(Some(8), 8).unwrap_err().to_string();
+        assert!(refused.contains("at least 9"), "{refused}");
+        assert!(instance_pool_size(None, usize::MAX).is_err());
+    }
 
     #[test]
     fn statedb_expansions_name_the_node_as_celery_does() {

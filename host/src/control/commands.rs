@@ -466,10 +466,26 @@ fn active_queues<B: Broker, R: ResultBackend>(ctx: &ControlContext<B, R>) -> Val
     Value::Array(queues.iter().map(|q| queue_dict(q)).collect())
 }
 
+/// Adds `n` slots, as far as the sandbox has room for running tasks.
 fn pool_grow<B: Broker, R: ResultBackend>(ctx: &ControlContext<B, R>, n: usize) -> Option<Value> {
-    ctx.slots.add_permits(n);
-    ctx.concurrency.fetch_add(n, Ordering::Relaxed);
-    ok("pool will grow")
+    let grown = ctx
+        .concurrency
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+            current
+                .checked_add(n)
+                .filter(|&wanted| wanted <= ctx.max_concurrency)
+        });
+    match grown {
+        Ok(_) => {
+            ctx.slots.add_permits(n);
+            ok("pool will grow")
+        }
+        Err(current) => error(format!(
+            "cannot grow the pool by {n} from {current}: the worker has room for {} tasks \
+             at once (--max-instances)",
+            ctx.max_concurrency
+        )),
+    }
 }
 
 /// Takes `n` slots away (keeping at least one) as soon as they are free.

@@ -142,6 +142,8 @@ pub struct ControlContext<B: Broker, R: ResultBackend> {
     pub slots: Arc<Semaphore>,
     /// Slots now: the configured concurrency, grown and shrunk by remote command.
     pub concurrency: AtomicUsize,
+    /// The most slots pool_grow may reach: the sandbox's room for running tasks.
+    pub max_concurrency: usize,
     /// The worker's configuration.
     pub config: WorkerConfig,
     /// Events and control settings.

@@ -11,7 +11,7 @@ use wasmtime::{
 ///
 /// # Defaults
 ///
-/// * pooling allocator with room for 1,000 concurrent instances (wasmtime's default);
+/// * pooling allocator with room for 1,000 component instances at once;
 /// * `keep_resident_bytes`: 16 MiB of each linear memory stay resident between instances;
 /// * epoch tick: 5 ms, the granularity of time limits and of yielding to other tasks.
 ///
@@ -23,7 +23,12 @@ use wasmtime::{
 /// A malicious guest cannot escape an epoch check; it can only make each check a tick late.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
-    /// Concurrent component instances the pool has room for.
+    /// Component instances that can exist at once: running tasks, idle `reuse` instances
+    /// and a component being loaded. Each may hold up to 64 core instances, 2 memories and
+    /// 8 tables (`CORE_INSTANCES_PER_COMPONENT` and its siblings); a component that needs
+    /// more is refused when it is loaded, so the pool always has room for this many
+    /// instances of any component. Each memory slot reserves about 4 GiB of address space
+    /// (not memory): 8 GiB per instance.
     pub max_instances: u32,
     /// Bytes of each linear memory kept resident when a pool slot is reused: the pages a
     /// task dirtied are reset by copying from the component's image instead of being
@@ -35,10 +40,23 @@ pub struct EngineOptions {
     pub epoch_tick: Duration,
 }
 
+/// Core instances one component instance may hold. componentize-py's Python components
+/// hold 14 (CPython's libraries are linked as separate modules), Rust ones 3.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+/// Linear memories one component instance may hold (guests built by one toolchain have 1).
+const MEMORIES_PER_COMPONENT: u32 = 2;
+/// Tables one component instance may hold (Python and Rust components have 2).
+const TABLES_PER_COMPONENT: u32 = 8;
+
+impl EngineOptions {
+    /// The default pool size: enough for any concurrency below ~500.
+    pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
-            max_instances: 1000,
+            max_instances: Self::DEFAULT_MAX_INSTANCES,
             keep_resident_bytes: 16 << 20,
             epoch_tick: Duration::from_millis(5),
         }
@@ -46,9 +64,19 @@ impl Default for EngineOptions {
 }
 
 pub(crate) fn build_engine(options: &EngineOptions) -> wasmtime::Result<Engine> {
+    let instances = options.max_instances;
     let mut pooling = PoolingAllocationConfig::default();
+    // Sized per component instance: wasmtime's defaults (1,000 of each) let 1,000 core
+    // instances run out after 71 Python instances.
     pooling
-        .total_component_instances(options.max_instances)
+        .total_component_instances(instances)
+        .total_stacks(instances)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
         .linear_memory_keep_resident(options.keep_resident_bytes)
         .table_keep_resident(options.keep_resident_bytes)
         // With PAGEMAP_SCAN (Linux 6.7+) only the pages a task dirtied are copied back from

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 pub use bindings::types::{
@@ -36,7 +36,7 @@ pub use policy::{DirGrant, WasiPolicy};
 use bindings::{Task, TaskPre};
 use guest_state::GuestState;
 use output::{GuestOutput, Stream, TaskLog};
-use reuse::WarmInstances;
+use reuse::{AllWarmInstances, WarmInstances};
 
 /// How long a component's `tasks` export may run when it loads; a component that takes
 /// longer is refused rather than holding up the worker's start.
@@ -153,7 +153,7 @@ pub struct Prepared {
     pre: TaskPre<GuestState>,
     policy: WasiPolicy,
     isolation: Isolation,
-    warm: WarmInstances,
+    warm: Arc<WarmInstances>,
 }
 
 impl Prepared {
@@ -189,6 +189,10 @@ pub struct Sandbox {
     engine: Engine,
     /// Shared by every instance; built once, read-only afterwards.
     linker: Arc<Linker<GuestState>>,
+    /// The idle `reuse` instances of every component, dropped when the pool is full.
+    warm: Arc<AllWarmInstances>,
+    /// Instances the pool has room for.
+    max_instances: u32,
 }
 
 impl Sandbox {
@@ -204,7 +208,15 @@ impl Sandbox {
         Ok(Sandbox {
             engine,
             linker: Arc::new(linker),
+            warm: Arc::default(),
+            max_instances: options.max_instances,
         })
+    }
+
+    /// Tasks that can run at once: the pool's room, less one instance for loading a
+    /// component. Idle `reuse` instances give way to running tasks.
+    pub fn max_running_tasks(&self) -> usize {
+        usize::try_from(self.max_instances.saturating_sub(1)).unwrap_or(usize::MAX)
     }
 
     /// The engine, for compiling and for the compile cache's key.
@@ -233,7 +245,7 @@ impl Sandbox {
             pre,
             policy,
             isolation,
-            warm: WarmInstances::default(),
+            warm: self.warm.new_set(),
         })
     }
 
@@ -244,8 +256,8 @@ impl Sandbox {
         events: Arc<dyn TaskEvents>,
     ) -> Result<Vec<TaskInfo>, SandboxError> {
         let limits = SandboxLimits::new().time_limit(Some(DESCRIBE_TIME_LIMIT));
-        let mut store = self.new_store(&prepared.policy, events, &limits)?;
-        let task = match prepared.pre.instantiate_async(&mut store).await {
+        let (mut store, instance) = self.instantiate(prepared, &events, &limits).await?;
+        let task = match instance {
             Ok(task) => task,
             Err(err) => {
                 return Err(match classify_failure(store.data(), err) {
@@ -339,13 +351,10 @@ impl Sandbox {
         invocation: Invocation,
         started: Instant,
     ) -> Result<RunReport, SandboxError> {
-        let mut store = self.new_store(
-            &prepared.policy,
-            invocation.events.clone(),
-            &invocation.limits,
-        )?;
         let instantiating = Instant::now();
-        let instance = prepared.pre.instantiate_async(&mut store).await;
+        let (mut store, instance) = self
+            .instantiate(prepared, &invocation.events, &invocation.limits)
+            .await?;
         let instantiate = Some(instantiating.elapsed());
         let outcome = match instance {
             Ok(task) => call_run(&mut store, &task, &invocation).await?,
@@ -376,13 +385,10 @@ impl Sandbox {
                 warm
             }
             None => {
-                let mut store = self.new_store(
-                    &prepared.policy,
-                    invocation.events.clone(),
-                    &invocation.limits,
-                )?;
                 let instantiating = Instant::now();
-                let instance = prepared.pre.instantiate_async(&mut store).await;
+                let (store, instance) = self
+                    .instantiate(prepared, &invocation.events, &invocation.limits)
+                    .await?;
                 instantiate = Some(instantiating.elapsed());
                 match instance {
                     Ok(task) => prepared.warm.new_instance(store, task),
@@ -412,6 +418,34 @@ impl Sandbox {
             prepared.warm.give_back(warm, max_tasks_per_instance);
         }
         Ok(report)
+    }
+
+    /// A new store holding a new instance of `prepared` (or why it could not be made).
+    ///
+    /// When the instance pool is full, the idle `reuse` instances of every component are
+    /// dropped to make room, and instantiation is tried once more: idle instances must never
+    /// cost a task its run.
+    async fn instantiate(
+        &self,
+        prepared: &Prepared,
+        events: &Arc<dyn TaskEvents>,
+        limits: &SandboxLimits,
+    ) -> Result<(Store<GuestState>, wasmtime::Result<Task>), SandboxError> {
+        let mut store = self.new_store(&prepared.policy, events.clone(), limits)?;
+        let instance = prepared.pre.instantiate_async(&mut store).await;
+        let pool_full = matches!(&instance, Err(err) if err.is::<PoolConcurrencyLimitError>());
+        if !pool_full {
+            return Ok((store, instance));
+        }
+        let dropped = self.warm.drop_idle();
+        if dropped == 0 {
+            return Ok((store, instance));
+        }
+        tracing::debug!(dropped, "instance pool full: dropped idle reuse instances");
+        drop(store);
+        let mut store = self.new_store(&prepared.policy, events.clone(), limits)?;
+        let instance = prepared.pre.instantiate_async(&mut store).await;
+        Ok((store, instance))
     }
 
     fn new_store(

@@ -1,8 +1,9 @@
 //! Warm instances kept between tasks for components whose policy asks for
-//! `isolation = "reuse"`.
+//! `isolation = "reuse"`, and the sandbox-wide list of them that lets a full instance pool
+//! take back idle ones.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use wasmtime::Store;
 
@@ -28,6 +29,13 @@ pub(crate) struct WarmInstances {
     generation: AtomicU64,
 }
 
+/// Locks ignoring poison: the lists stay consistent whatever panicked while holding them.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl WarmInstances {
     /// A new instance, to be handed back with [`WarmInstances::give_back`] after its task.
     pub(crate) fn new_instance(&self, store: Store<GuestState>, task: Task) -> WarmInstance {
@@ -40,34 +48,55 @@ impl WarmInstances {
     }
 
     pub(crate) fn take(&self) -> Option<WarmInstance> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop()
+        lock(&self.idle).pop()
     }
 
     /// Drops every idle instance, and each busy one when its task ends.
     pub(crate) fn clear(&self) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = lock(&self.idle);
         self.generation.fetch_add(1, Ordering::AcqRel);
         idle.clear();
+    }
+
+    /// Drops the idle instances (busy ones are kept when their task ends); how many.
+    fn drop_idle(&self) -> usize {
+        let idle = std::mem::take(&mut *lock(&self.idle));
+        idle.len()
     }
 
     /// Keeps the instance for another task unless it has served its quota or was made
     /// before the last [`WarmInstances::clear`].
     pub(crate) fn give_back(&self, mut instance: WarmInstance, max_tasks_per_instance: u32) {
         instance.served += 1;
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = lock(&self.idle);
         if instance.served < max_tasks_per_instance
             && instance.generation == self.generation.load(Ordering::Acquire)
         {
             idle.push(instance);
         }
+    }
+}
+
+/// The [`WarmInstances`] of every prepared component of a sandbox.
+#[derive(Default)]
+pub(crate) struct AllWarmInstances {
+    sets: Mutex<Vec<Weak<WarmInstances>>>,
+}
+
+impl AllWarmInstances {
+    /// The idle-instance list of a newly prepared component.
+    pub(crate) fn new_set(&self) -> Arc<WarmInstances> {
+        let set = Arc::new(WarmInstances::default());
+        let mut sets = lock(&self.sets);
+        sets.retain(|set| set.strong_count() > 0);
+        sets.push(Arc::downgrade(&set));
+        set
+    }
+
+    /// Drops the idle instances of every component, returning their pool slots; how many.
+    pub(crate) fn drop_idle(&self) -> usize {
+        let live: Vec<Arc<WarmInstances>> =
+            lock(&self.sets).iter().filter_map(Weak::upgrade).collect();
+        live.iter().map(|set| set.drop_idle()).sum()
     }
 }

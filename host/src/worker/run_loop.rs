@@ -120,6 +120,7 @@ where
             registry: Arc::clone(&worker.registry),
             slots: Arc::clone(&worker.slots),
             concurrency: AtomicUsize::new(worker.config.concurrency),
+            max_concurrency: worker.sandbox.max_running_tasks(),
             config: worker.config.clone(),
             settings: worker.config.control.clone(),
             remote_shutdown: watch::channel(false).0,

@@ -99,11 +99,17 @@ def encode_marker(obj):
     raise TypeError("Object of type %s is not JSON serializable" % type(obj).__name__)
 
 
+# Built once: ``json.dumps``/``json.loads`` with hooks build a new encoder or decoder on
+# every call, which costs more than encoding a small task result.
+_ENCODER = json.JSONEncoder(default=encode_marker, allow_nan=True)
+_DECODER = json.JSONDecoder(object_hook=decode_marker)
+
+
 def dumps(value):
     """``value`` as kombu JSON text (ASCII-only, NaN/Infinity allowed)."""
-    return json.dumps(value, default=encode_marker, allow_nan=True)
+    return _ENCODER.encode(value)
 
 
 def loads(text):
     """Kombu JSON text as Python values, markers decoded."""
-    return json.loads(text, object_hook=decode_marker)
+    return _DECODER.decode(text)

@@ -110,11 +110,14 @@ def install():
     return _handler
 
 
+_redirected_logger = logging.getLogger("celery.redirected")
+
+
 class redirect_stdouts:
     """Context manager: ``sys.stdout``/``sys.stderr`` log at WARNING while a task runs."""
 
     def __init__(self, loglevel=logging.WARNING):
-        self._logger = logging.getLogger("celery.redirected")
+        self._logger = _redirected_logger
         self._loglevel = loglevel
         self._saved = None
 

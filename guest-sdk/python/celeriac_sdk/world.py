@@ -225,16 +225,31 @@ def _safely(hook, *args, **kwargs):
         logger.exception("%s raised", getattr(hook, "__qualname__", hook))
 
 
+def _custom(task, name):
+    """``task``'s own ``name`` method, or ``None`` when it is ``Task``'s do-nothing one."""
+    if getattr(type(task), name) is getattr(Task, name):
+        return None
+    return getattr(task, name)
+
+
 def trace(task, request, args, kwargs):
-    """Runs ``task`` for ``request``; returns ``(state, retval_or_exception)``."""
+    """Runs ``task`` for ``request``; returns ``(state, retval_or_exception)``.
+
+    As in Celery's ``build_tracer``, a signal without receivers is not sent and a hook the
+    task does not override is not called: each would cost more than a small task's body.
+    """
     task_id = request.id
     task.push_request(request)
     _state.push_task(task)
     try:
-        signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
+        if signals.task_prerun.receivers:
+            signals.task_prerun.send(
+                sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs
+            )
         try:
-            if type(task).before_start is not Task.before_start:
-                task.before_start(task_id, args, kwargs)
+            before_start = _custom(task, "before_start")
+            if before_start is not None:
+                before_start(task_id, args, kwargs)
             retval = _call(task, args, kwargs)
         except Reject as exc:
             state, retval = states.REJECTED, exc
@@ -255,13 +270,19 @@ def trace(task, request, args, kwargs):
             )
         else:
             state = states.SUCCESS
-            _safely(task.on_success, retval, task_id, args, kwargs)
-            signals.task_success.send(sender=task, result=retval)
-        _safely(task.after_return, state, retval, task_id, args, kwargs, None)
-        signals.task_postrun.send(
-            sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval,
-            state=state,
-        )
+            on_success = _custom(task, "on_success")
+            if on_success is not None:
+                _safely(on_success, retval, task_id, args, kwargs)
+            if signals.task_success.receivers:
+                signals.task_success.send(sender=task, result=retval)
+        after_return = _custom(task, "after_return")
+        if after_return is not None:
+            _safely(after_return, state, retval, task_id, args, kwargs, None)
+        if signals.task_postrun.receivers:
+            signals.task_postrun.send(
+                sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs,
+                retval=retval, state=state,
+            )
         return state, retval
     finally:
         task.pop_request()
@@ -272,10 +293,18 @@ def _raised(exc, traceback=True):
     return Err(wit.TaskError_Raised(errors.exception_record(exc, with_traceback=traceback)))
 
 
+def _loads_or_empty(text, empty_literal, empty):
+    """``text`` decoded; a new ``empty()`` for blank text or ``empty_literal`` (most tasks
+    have no kwargs: this skips the decoder for them)."""
+    if text == empty_literal or not text.strip():
+        return empty()
+    return codec.loads(text)
+
+
 def _decode_arguments(args, kwargs):
     try:
-        args_value = codec.loads(args) if args.strip() else []
-        kwargs_value = codec.loads(kwargs) if kwargs.strip() else {}
+        args_value = _loads_or_empty(args, "[]", list)
+        kwargs_value = _loads_or_empty(kwargs, "{}", dict)
     except ValueError as exc:
         raise _raised(DecodeError(str(exc)), traceback=False) from None
     if not isinstance(args_value, list):

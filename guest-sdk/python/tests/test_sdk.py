@@ -235,6 +235,16 @@ def hooked(self, ok):
     return "fine"
 
 
+class StartsFirst(Task):
+    def before_start(self, task_id, args, kwargs):
+        self.seen = [task_id, list(args), kwargs]
+
+
+@app2.task(bind=True, base=StartsFirst)
+def started(self, x):
+    return self.seen
+
+
 @app2.task(bind=True)
 def whoami(self):
     r = self.request
@@ -571,6 +581,55 @@ class Semantics(unittest.TestCase):
         self.assertEqual(calls["on_failure"], [("KeyError", "T-1", (False,), "KeyError")])
         self.assertEqual(calls["after_return"], [states.SUCCESS, states.FAILURE])
         self.assertEqual(calls["on_success"][-1], ("fine", "T-1"))
+
+    def test_signals(self):
+        from celery import signals
+        sent = []
+
+        def on_prerun(signal, sender, task_id, task, args, kwargs):
+            sent.append(("prerun", sender.name, task_id, tuple(args), kwargs))
+
+        def on_success(signal, sender, result):
+            sent.append(("success", sender.name, result))
+
+        def on_postrun(signal, sender, task_id, task, args, kwargs, retval, state):
+            sent.append(("postrun", sender.name, retval, state))
+
+        def on_failure(signal, sender, task_id, exception, args, kwargs, traceback, einfo):
+            sent.append(("failure", sender.name, type(exception).__name__))
+
+        pairs = [(signals.task_prerun, on_prerun), (signals.task_success, on_success),
+                 (signals.task_postrun, on_postrun), (signals.task_failure, on_failure)]
+        for signal, receiver in pairs:
+            signal.connect(receiver)
+        try:
+            self.assertEqual(run("tasks.add", [2, 3]), ("ok", 5))
+            self.assertEqual(run("tasks.fail", ["no"])[0], "err")
+        finally:
+            for signal, receiver in pairs:
+                signal.disconnect(receiver)
+        self.assertEqual(sent[:5], [
+            ("prerun", "tasks.add", "T-1", (2, 3), {}),
+            ("success", "tasks.add", 5),
+            ("postrun", "tasks.add", 5, states.SUCCESS),
+            ("prerun", "tasks.fail", "T-1", ("no",), {}),
+            ("failure", "tasks.fail", "ValueError"),
+        ])
+        (kind, name, retval, state), = sent[5:]  # the failure's retval is the exception
+        self.assertEqual((kind, name, repr(retval), state),
+                         ("postrun", "tasks.fail", "ValueError('no')", states.FAILURE))
+        sent.clear()
+        self.assertEqual(run("tasks.add", [1, 1]), ("ok", 2))
+        self.assertEqual(sent, [])  # disconnected: nothing sent
+
+    def test_before_start(self):
+        self.assertEqual(run("test_sdk.started", [4]), ("ok", ["T-1", [4], {}]))
+
+    def test_empty_arguments(self):
+        for raw_args, raw_kwargs in (("[]", "{}"), ("", " "), (" [] ", "{ }")):
+            host_ctx.calls.clear()
+            out = WitWorld().run(request("tasks.echo"), raw_args, raw_kwargs)
+            self.assertEqual(codec.loads(out), {"args": [], "kwargs": {}})
 
     def test_autoretry_backoff(self):
         for retries, countdown in ((0, 1.0), (1, 2.0), (3, 8.0)):

@@ -67,7 +67,8 @@ class Context:
         self.update(*args, **kwargs)
 
     def update(self, *args, **kwargs):
-        args = [vars(arg) if isinstance(arg, Context) else arg for arg in args]
+        if args and isinstance(args[0], Context):  # dict.update takes one positional
+            args = (vars(args[0]),) + args[1:]
         return self.__dict__.update(*args, **kwargs)
 
     def clear(self):

@@ -7,6 +7,7 @@ use clap::Parser;
 use cli::{Cli, Command, exit};
 
 fn main() {
+    cli::malloc::set_thresholds();
     let cli = Cli::parse();
     let log_writer = cli::logging::init(&cli.log);
     let code = match cli.command {

@@ -5,6 +5,7 @@ pub mod call;
 pub mod deploy;
 pub mod exit;
 pub mod logging;
+pub mod malloc;
 pub mod run;
 pub mod worker;
 

@@ -93,11 +93,30 @@ impl CompileCache {
                 std::fs::create_dir_all(&self.dir)?;
                 let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;
                 std::io::Write::write_all(&mut temp, &bytes)?;
+                // On disk before the rename, or a power cut could leave a truncated
+                // artifact under the real key.
+                temp.as_file().sync_data()?;
+                drop_from_page_cache(temp.as_file());
                 temp.persist(&path).map_err(|err| err.error)?;
                 Ok(())
             });
         if let Err(err) = written {
             tracing::warn!(path = %path.display(), error = %err, "cannot write compiled artifact to the cache");
+        }
+    }
+}
+
+/// Evicts a just-written artifact's pages from the page cache. Written pages sit there in
+/// large folios, and a mapping maps a large folio whole when it faults on any page of it:
+/// a worker serving the Python component from a file it had just written idled at ~42 MiB
+/// resident, against ~30 MiB once those pages came back through ordinary read-ahead.
+fn drop_from_page_cache(file: &std::fs::File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: advice on a file descriptor this function borrows; it changes no data.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
         }
     }
 }

@@ -293,7 +293,7 @@ def run_pipeline(app, task_queue, redis_client, train_fails):
     while step is not None:
         ids.insert(0, step.id)
         step = step.parent
-    outcome = {}
+    outcome, failed_before = {}, False
     for name, task_id in zip(STAGES, ids):
         stored = wait_for_meta(redis_client, task_id)
         callbacks = []
@@ -301,7 +301,11 @@ def run_pipeline(app, task_queue, redis_client, train_fails):
             if child not in ids:
                 callbacks.append(wait_for_meta(redis_client, child)["result"])
         if stored["status"] == "FAILURE":
-            callbacks += [doc["result"] for doc in results_with_parent(redis_client, task_id, 1, timeout=5)]
+            # The step that failed sends its errback, which a busy machine may run late; the
+            # steps after it only get its FAILURE, so for them 5 s without one must do.
+            wait = 5 if failed_before else TIMEOUT
+            failed_before = True
+            callbacks += [doc["result"] for doc in results_with_parent(redis_client, task_id, 1, timeout=wait)]
         outcome[name] = {"status": stored["status"], "result": stored["result"], "callbacks": callbacks}
     # Ids differ between runs: name them by stage.
     text = json.dumps(outcome)

@@ -46,7 +46,8 @@
 //! by default, `//` or `/%2F` for the vhost `/` (so is no path), `pyamqp://` as a synonym,
 //! `?heartbeat=S` (default: the server's proposal, 60 s on RabbitMQ), `?connect_timeout=S`
 //! (default 4 s, Celery's `broker_connection_timeout`: a connection attempt, handshake
-//! included, that takes longer fails and is retried).
+//! included, that takes longer fails and is retried), `?frame_max=N` (default 32 KiB: lapin
+//! keeps 64 frames of buffer per connection).
 //!
 //! `amqps://` (and `pyamqps://`, port 5671) connects over TLS with rustls, trusting the
 //! system's root certificates. Celery's `broker_use_ssl` keys are read as query options

@@ -5,7 +5,7 @@
 //! frees buffers of 20 MB, so afterwards such buffers come from the arenas, and a thread's
 //! arena keeps up to 64 MiB of free memory at its top for good: `malloc_trim` returns free
 //! blocks, but not a thread arena's top. A worker that had loaded the Python component
-//! idled at ~85 MiB resident instead of ~40. Fixed thresholds turn that off: blocks of
+//! idled at ~85 MiB resident instead of ~30. Fixed thresholds turn that off: blocks of
 //! `MMAP_THRESHOLD` and more are mapped and unmapped on their own, and an arena returns
 //! free memory at its top beyond `TRIM_THRESHOLD`.
 

@@ -16,10 +16,11 @@ const DEFAULT_VHOST: &str = "/";
 /// Celery's `broker_connection_timeout`.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 /// The largest frame proposed to the server when the URL does not say. lapin gives every
-/// connection a receive and a send ring buffer of 32 frames each, and traffic walks through
-/// all of it: at RabbitMQ's 128 KiB (py-amqp's default too) a worker's three connections
-/// kept ~25 MiB resident. A task message rarely needs more than one 32 KiB frame; a larger
-/// body is sent in several, as AMQP provides.
+/// connection a receive and a send ring buffer of 32 frames each: offered no size, it
+/// grows them to the server's (RabbitMQ's default 128 KiB) by writing zeros, so a worker's
+/// three connections held ~25 MiB from the start, and traffic walks through all of a ring
+/// anyway. A task message rarely needs more than one 32 KiB frame; a larger body is sent in
+/// several, as AMQP provides.
 const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
 
 /// A Celery AMQP URL, read: where to connect, and how to set up TLS for `amqps://`.
@@ -105,7 +106,7 @@ pub enum UriError {
 ///   `amqp://h/%2F` are `/`, `amqp://h/prod` is `prod`, and no path (or `/` alone) is `/`;
 /// * query options `heartbeat` (seconds, a float is rounded), `frame_max`, `channel_max`,
 ///   and `connect_timeout` (seconds, a float; default 4, Celery's
-///   `broker_connection_timeout`); `frame_max` defaults to 32 KiB, not the server's 128 KiB;
+///   `broker_connection_timeout`); `frame_max` defaults to 32 KiB, not the server's (RabbitMQ: 128 KiB);
 /// * on `amqps://` only, Celery's `broker_use_ssl` keys as query options:
 ///   `ssl_ca_certs`, `ssl_certfile` with `ssl_keyfile`, `ssl_cert_reqs` (`required` or
 ///   `optional`; `none` is refused, see [`UriError::CertNone`]). The files are read and

@@ -15,6 +15,7 @@ fn main() {
         Command::Worker(args) => cli::worker::main(args),
         Command::Call(args) => cli::call::main(args),
         Command::Deploy(args) => cli::deploy::main(args),
+        Command::CompileArtifact(args) => cli::compile_artifact::main(args),
         Command::Build(args) => match cli::build::run(&args) {
             Ok(()) => exit::SUCCESS,
             Err(err) => {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::celeriac_cli::path_str;
 use crate::support::guests;
 use crate::support::hotswap::{drop_file, versioned_echo};
 use crate::support::redis_worker::{Client, WorkerProcess};
@@ -17,11 +18,23 @@ async fn a_task_stream_switches_from_v1_to_v2_once_and_a_broken_v3_is_refused() 
     let tasks = dir.path().join("tasks");
     std::fs::create_dir(&tasks).unwrap();
     drop_file(&tasks, "echo.wasm", &versioned_echo("v1"));
-    let worker = WorkerProcess::start(&tasks, 2, &dir.path().join("worker.log"), &[]).await;
+    // A cache of its own, so the worker compiles each version (in a child process).
+    let cache = dir.path().join("cache");
+    let worker = WorkerProcess::start(
+        &tasks,
+        2,
+        &dir.path().join("worker.log"),
+        &["--cache-dir", path_str(&cache)],
+    )
+    .await;
     let banner = worker.log();
     assert!(
         banner.contains("tasks.echo  v1 (echo.wasm)"),
         "the banner names the version:\n{banner}"
+    );
+    assert!(
+        banner.contains("tasks.echo → v1 (compiled in a child process in"),
+        "the worker leaves compiling to a child process:\n{banner}"
     );
 
     let client = Client::connect().await;

@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use celeriac::registry::{CompileCache, LoadError, Registry};
-use celeriac::sandbox::Isolation;
+use celeriac::registry::{ArtifactSource, CompileCache, LoadError, Registry};
+use celeriac::sandbox::{Isolation, Outcome, SandboxLimits};
 
-use crate::support::guests;
-use crate::support::harness::sandbox;
+use crate::support::harness::{invocation, sandbox};
+use crate::support::{celeriac_cli, guests};
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).expect("temp dir is writable");
@@ -107,8 +107,8 @@ async fn compiled_components_come_from_the_cache_on_the_second_load() {
     let second = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
         .await
         .unwrap();
-    assert!(!first.components()[0].load.from_cache);
-    assert!(second.components()[0].load.from_cache);
+    assert_eq!(first.components()[0].load.source, ArtifactSource::Compiled);
+    assert_eq!(second.components()[0].load.source, ArtifactSource::Cache);
     assert_eq!(first.components()[0].digest, second.components()[0].digest);
     let artifacts: Vec<_> = std::fs::read_dir(cache_dir.path()).unwrap().collect();
     assert_eq!(artifacts.len(), 1, "one artifact per component");
@@ -130,8 +130,125 @@ async fn a_corrupt_cache_entry_is_recompiled() {
     let reloaded = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
         .await
         .unwrap();
-    assert!(!reloaded.components()[0].load.from_cache);
+    assert_eq!(
+        reloaded.components()[0].load.source,
+        ArtifactSource::Compiled
+    );
     assert_eq!(reloaded.task_names(), ["a.one"]);
+}
+
+/// A stand-in for the `celeriac` binary that notes each run in `runs.log`, then runs
+/// `program` (or fails as it is told).
+fn recording_compiler(dir: &Path, program: &Path) -> std::path::PathBuf {
+    let script = dir.join("compiler.sh");
+    let log = dir.join("runs.log");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            program.display()
+        ),
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&script, permissions).unwrap();
+    script
+}
+
+fn compiler_runs(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("runs.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_child_process_compiles_into_the_cache_and_the_worker_maps_its_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.wasm", &guests::ok_guest("a.one", "7"));
+    let compiler = recording_compiler(tools.path(), &celeriac_cli::binary());
+    let cache = CompileCache::new(cache_dir.path()).compiling_in_child(&compiler);
+    let sandbox = sandbox();
+    let first = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.components()[0].load.source,
+        ArtifactSource::CompiledInChild
+    );
+    let runs = compiler_runs(tools.path());
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(
+        runs[0].starts_with("compile-artifact --output "),
+        "{runs:?}"
+    );
+    let artifacts: Vec<_> = std::fs::read_dir(cache_dir.path()).unwrap().collect();
+    assert_eq!(artifacts.len(), 1, "the child's artifact, and nothing else");
+    let (invocation, _) = invocation("a.one", "[]", "{}", SandboxLimits::new());
+    let ran = sandbox
+        .run(&first.resolve("a.one").unwrap().prepared, invocation)
+        .await
+        .expect("the host does not fail");
+    assert!(
+        matches!(&ran.outcome, Outcome::Returned(r) if r == "7"),
+        "{:?}",
+        ran.outcome
+    );
+
+    let second = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
+        .await
+        .unwrap();
+    assert_eq!(second.components()[0].load.source, ArtifactSource::Cache);
+    assert_eq!(
+        compiler_runs(tools.path()).len(),
+        1,
+        "nothing left to compile"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_child_process_leaves_the_compile_to_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.wasm", &guests::ok_guest("a.one", "1"));
+    let compiler = recording_compiler(tools.path(), Path::new("/bin/false"));
+    let cache = CompileCache::new(cache_dir.path()).compiling_in_child(&compiler);
+    let registry = Registry::load_dir(&sandbox(), dir.path(), Some(&cache))
+        .await
+        .unwrap();
+    assert_eq!(compiler_runs(tools.path()).len(), 1);
+    assert_eq!(
+        registry.components()[0].load.source,
+        ArtifactSource::Compiled
+    );
+    assert_eq!(registry.task_names(), ["a.one"]);
+}
+
+#[tokio::test]
+async fn an_invalid_component_is_refused_with_its_own_error_when_a_child_compiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "junk.wasm", b"\0asm garbage");
+    let cache = CompileCache::new(cache_dir.path()).compiling_in_child(celeriac_cli::binary());
+    let err = Registry::load_dir(&sandbox(), dir.path(), Some(&cache))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, LoadError::Component { path, .. } if path.ends_with("junk.wasm")),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("not a valid WebAssembly component"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod call;
+pub mod compile_artifact;
 pub mod deploy;
 pub mod exit;
 pub mod logging;
@@ -51,6 +52,10 @@ pub enum Command {
     Call(call::CallArgs),
     /// Install a component on every worker through the broker, or roll it back.
     Deploy(deploy::DeployArgs),
+    /// Compile a component from stdin into a worker's compile cache (a worker runs this in a
+    /// child process).
+    #[command(name = celeriac::registry::COMPILE_SUBCOMMAND, hide = true)]
+    CompileArtifact(compile_artifact::CompileArtifactArgs),
 }
 
 /// Runs an async command on a multi-threaded tokio runtime and turns its result into an
@@ -318,6 +323,12 @@ mod tests {
                 "w1@a",
             ],
             &["celeriac", "worker", "--without-deploy"],
+            &[
+                "celeriac",
+                celeriac::registry::COMPILE_SUBCOMMAND,
+                "--output",
+                "out.cwasm",
+            ],
             &[
                 "celeriac",
                 "call",

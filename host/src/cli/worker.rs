@@ -187,7 +187,15 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
         max_instances: instance_pool_size(args.max_instances, concurrency)?,
         ..EngineOptions::default()
     })?;
-    let cache = args.tasks.cache();
+    // A worker runs for long: what compiling a component costs in memory should leave with
+    // a child process instead of staying in this one's allocator.
+    let cache = args
+        .tasks
+        .cache()
+        .map(|cache| match std::env::current_exe() {
+            Ok(program) => cache.compiling_in_child(program),
+            Err(_) => cache,
+        });
     let registry =
         Arc::new(Registry::load_dir(&sandbox, &args.tasks.tasks_dir, cache.as_ref()).await?);
     registry.keep_versions().await;

@@ -3,10 +3,14 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+use super::atomic_file::write_atomically;
+use super::compile_child::{self, ChildCompileError};
 
 /// A directory of precompiled components (`*.cwasm`).
 ///
@@ -17,6 +21,8 @@ use wasmtime::component::Component;
 #[derive(Clone, Debug)]
 pub struct CompileCache {
     dir: PathBuf,
+    /// The `celeriac` binary that compiles what is missing, in a child process.
+    compiler: Option<PathBuf>,
 }
 
 /// Feeds `Hash` output into SHA-256, so the engine's compatibility hash becomes a key that
@@ -36,7 +42,19 @@ impl Hasher for Sha256Hasher {
 impl CompileCache {
     /// A cache in `dir`, created on first write.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        CompileCache { dir: dir.into() }
+        CompileCache {
+            dir: dir.into(),
+            compiler: None,
+        }
+    }
+
+    /// Compiles what is missing from the cache in a child process that runs `program` (the
+    /// `celeriac` binary) rather than in this one, so the compiler's memory goes back to the
+    /// system when the child exits. Without this, components are compiled in the calling
+    /// process.
+    pub fn compiling_in_child(mut self, program: impl Into<PathBuf>) -> Self {
+        self.compiler = Some(program.into());
+        self
     }
 
     /// The default location: `$CELERIAC_CACHE_DIR`, else `$XDG_CACHE_HOME/celeriac`, else
@@ -89,21 +107,49 @@ impl CompileCache {
         let written = component
             .serialize()
             .map_err(|err| std::io::Error::other(err.to_string()))
-            .and_then(|bytes| {
-                std::fs::create_dir_all(&self.dir)?;
-                let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;
-                std::io::Write::write_all(&mut temp, &bytes)?;
-                // On disk before the rename, or a power cut could leave a truncated
-                // artifact under the real key.
-                temp.as_file().sync_data()?;
-                drop_from_page_cache(temp.as_file());
-                temp.persist(&path).map_err(|err| err.error)?;
-                Ok(())
-            });
+            .and_then(|bytes| write_artifact(&path, &bytes));
         if let Err(err) = written {
             tracing::warn!(path = %path.display(), error = %err, "cannot write compiled artifact to the cache");
         }
     }
+
+    /// Compiles `bytes` in a child process (see [`CompileCache::compiling_in_child`]) and
+    /// maps the artifact it leaves here. `None` when no child is configured or the child
+    /// failed: the caller then compiles in this process, which reports an invalid
+    /// component's error as usual.
+    pub(crate) fn compile_in_child(
+        &self,
+        engine: &Engine,
+        digest_hex: &str,
+        bytes: &[u8],
+    ) -> Option<Component> {
+        let program = self.compiler.as_deref()?;
+        let path = self.path_for(engine, digest_hex);
+        let started = Instant::now();
+        match compile_child::compile_in_child(program, bytes, &path) {
+            Ok(()) => {
+                tracing::debug!(path = %path.display(), elapsed = ?started.elapsed(), "compiled in a child process");
+                self.load(engine, digest_hex)
+            }
+            // An invalid component: compiling it here says why, in the load error.
+            Err(err) if matches!(err, ChildCompileError::Failed { .. }) && !err.killed() => {
+                tracing::debug!(error = %err, "child process did not compile the component");
+                None
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "compiling in a child process failed; compiling in the worker instead");
+                None
+            }
+        }
+    }
+}
+
+/// Writes an artifact where the cache looks for it: atomically, then evicted from the page
+/// cache (see [`drop_from_page_cache`]).
+pub(crate) fn write_artifact(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
+    write_atomically(path, artifact)?;
+    drop_from_page_cache(&std::fs::File::open(path)?);
+    Ok(())
 }
 
 /// Evicts a just-written artifact's pages from the page cache. Written pages sit there in

@@ -7,8 +7,9 @@
 //! Keeping is best effort: a read-only tasks directory only costs the ability to roll back,
 //! with a warning.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use super::atomic_file::write_atomically;
 
 /// Name of the keeping directory inside the tasks directory.
 pub const KEEP_DIR: &str = ".celeriac";
@@ -96,20 +97,6 @@ fn read_digest(copy: &Path) -> Option<String> {
     std::fs::read_to_string(digest_path(copy))
         .ok()
         .map(|text| text.trim().to_owned())
-}
-
-/// Writes through a dot-named temporary file in the same directory and renames it into
-/// place, so neither a crash nor the directory watcher ever sees a half-written file.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(".incoming-")
-        .tempfile_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|err| err.error)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::sandbox::{LogLevel, Sandbox, TaskEvents};
 
 use super::policy_file::{self, ComponentPolicy};
 use super::version::version_of;
-use super::{CompileCache, LoadError, LoadTiming, LoadedComponent};
+use super::{ArtifactSource, CompileCache, LoadError, LoadTiming, LoadedComponent};
 
 /// Logs what a component prints while it describes itself.
 struct LoadLog {
@@ -112,7 +112,13 @@ pub(crate) async fn load_bytes(
             };
             if let Some(component) = cached() {
                 release_freed_memory();
-                return Ok((version, component, true));
+                return Ok((version, component, ArtifactSource::Cache));
+            }
+            let in_child = cache
+                .as_ref()
+                .and_then(|cache| cache.compile_in_child(sandbox.engine(), &digest_hex, &bytes));
+            if let Some(component) = in_child {
+                return Ok((version, component, ArtifactSource::CompiledInChild));
             }
             let mut component = sandbox.compile(&bytes)?;
             if let Some(cache) = &cache {
@@ -122,14 +128,14 @@ pub(crate) async fn load_bytes(
                 component = cached().unwrap_or(component);
             }
             release_freed_memory();
-            Ok((version, component, false))
+            Ok((version, component, ArtifactSource::Compiled))
         })
     };
     let component_error = |source| LoadError::Component {
         path: path.to_path_buf(),
         source,
     };
-    let (version, component, from_cache) = compiling
+    let (version, component, source) = compiling
         .await
         .map_err(|err| LoadError::Interrupted {
             path: path.to_path_buf(),
@@ -161,7 +167,7 @@ pub(crate) async fn load_bytes(
         policy,
         load: LoadTiming {
             total: file.started.elapsed(),
-            from_cache,
+            source,
         },
         prepared,
     })

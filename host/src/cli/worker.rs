@@ -1,6 +1,7 @@
 //! `celeriac worker`: consumes Celery task messages from Redis or RabbitMQ and runs them,
 //! like `celery worker`.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +27,14 @@ pub struct WorkerArgs {
     /// Queues to consume, comma-separated
     #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery")]
     pub queues: Vec<String>,
-    /// Tasks running at once [default: number of CPUs]
+    /// Tasks running at once [default: number of CPUs, divided among --processes]
     #[arg(short = 'c', long)]
     pub concurrency: Option<usize>,
+    /// Worker processes to run, each with -c slots and a node name of its own (the -n name
+    /// with -1, -2, ... after it: celery-1@host); one per core serves guests with a fresh
+    /// instance per task best
+    #[arg(long, default_value_t = NonZeroUsize::MIN, value_name = "N")]
+    pub processes: NonZeroUsize,
     /// WebAssembly instances that may exist at once: running tasks, idle `reuse` instances
     /// and one for loading a component. Each reserves 8 GiB of address space, not memory
     /// [default: 1000, or 2 × concurrency + 1 if more]
@@ -104,7 +110,40 @@ pub struct WorkerArgs {
 
 /// Runs the command and returns the exit code.
 pub fn main(args: WorkerArgs) -> i32 {
-    super::run_async(run(args))
+    #[cfg(unix)]
+    {
+        use super::worker_processes;
+        let index = worker_processes::supervised_index();
+        if args.processes.get() > 1 && index.is_none() {
+            return super::run_async(async move {
+                check_process_settings(&args)?;
+                worker_processes::supervise(args.processes).await
+            });
+        }
+        super::run_async(run(args, index))
+    }
+    #[cfg(not(unix))]
+    {
+        if args.processes.get() > 1 {
+            eprintln!("error: --processes needs a Unix system");
+            return super::exit::USAGE;
+        }
+        super::run_async(run(args, None))
+    }
+}
+
+/// Settings that several worker processes cannot share, refused before any starts.
+fn check_process_settings(args: &WorkerArgs) -> anyhow::Result<()> {
+    if let Some(statedb) = &args.statedb
+        && !statedb.to_string_lossy().contains("%n")
+    {
+        anyhow::bail!(
+            "--statedb {} would be one file for {} worker processes: put %n (the node name) in it",
+            statedb.display(),
+            args.processes
+        );
+    }
+    Ok(())
 }
 
 /// The sandbox's instance pool for `concurrency` slots: the one asked for, if it leaves room
@@ -164,13 +203,22 @@ fn host_format(pattern: &str, host: &str, name: &str) -> String {
     out
 }
 
-async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
+/// Runs one worker; `process_index` is its number when `--processes` started it.
+async fn run(args: WorkerArgs, process_index: Option<NonZeroUsize>) -> anyhow::Result<i32> {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
-    let nodename = expand_nodename(&args.hostname, &host);
+    let mut nodename = expand_nodename(&args.hostname, &host);
+    let mut metrics_addr = args.metrics_addr;
+    #[cfg(unix)]
+    if let Some(index) = process_index {
+        use super::worker_processes::{indexed_metrics_addr, indexed_nodename};
+        nodename = indexed_nodename(&nodename, index);
+        metrics_addr = metrics_addr
+            .map(|addr| indexed_metrics_addr(addr, index))
+            .transpose()?;
+    }
     let concurrency = args.concurrency.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1)
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        (cores / args.processes.get()).max(1)
     });
     let queues = list_entries(&args.queues);
     let backend_url = args.connection.backend_url()?;
@@ -256,7 +304,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
         remote_control: !args.without_remote_control,
         deploy: !args.without_deploy,
         broker_url: redact_password(&args.connection.broker),
-        metrics_addr: args.metrics_addr,
+        metrics_addr,
     };
 
     let restorer = spawn_restorer(Arc::clone(&broker));
@@ -299,7 +347,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
 }
 
 /// How many SIGINT/SIGTERM the process has received so far.
-fn count_signals() -> tokio::sync::watch::Receiver<u32> {
+pub(super) fn count_signals() -> tokio::sync::watch::Receiver<u32> {
     let (count, counted) = tokio::sync::watch::channel(0);
     tokio::spawn(async move {
         loop {

@@ -118,12 +118,51 @@ impl CachedTasks {
         Registry::load_dir(sandbox, self.tasks.path(), Some(cache)).await
     }
 
+    /// The compiled artifacts in the cache (not the lock files beside them).
     fn artifacts(&self) -> Vec<std::path::PathBuf> {
         std::fs::read_dir(self.cache_dir.path())
             .unwrap()
             .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
             .collect()
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_load_waits_for_another_process_compiling_the_same_component_and_maps_its_artifact() {
+    let dir = std::sync::Arc::new(CachedTasks::with("a.wasm", &guests::ok_guest("a.one", "1")));
+    let (sandbox, cache) = (sandbox(), dir.cache());
+    dir.load(&sandbox, &cache).await.unwrap();
+    let [artifact] = &dir.artifacts()[..] else {
+        panic!("one artifact expected: {:?}", dir.artifacts());
+    };
+    let compiled = std::fs::read(artifact).unwrap();
+    std::fs::remove_file(artifact).unwrap();
+    // Another process is compiling the component: it holds the entry's lock.
+    let mut lock_path = artifact.clone().into_os_string();
+    lock_path.push(".lock");
+    let other_process = std::fs::File::open(&lock_path).unwrap();
+    other_process.lock().unwrap();
+
+    let loading = tokio::spawn({
+        let dir = std::sync::Arc::clone(&dir);
+        async move { dir.load(&sandbox, &cache).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !loading.is_finished(),
+        "the load waits while the entry is locked"
+    );
+    std::fs::write(artifact, compiled).unwrap();
+    drop(other_process);
+
+    let registry = loading.await.unwrap().unwrap();
+    assert_eq!(
+        registry.components()[0].load.source,
+        ArtifactSource::Cache,
+        "the artifact the other process wrote is mapped, not compiled again"
+    );
+    assert_eq!(registry.task_names(), ["a.one"]);
 }
 
 #[tokio::test]

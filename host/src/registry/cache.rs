@@ -100,6 +100,36 @@ impl CompileCache {
         }
     }
 
+    /// An exclusive lock on compiling `digest_hex` into this cache, held until the returned
+    /// file is dropped; blocks while another process (or thread) holds it. The lock files
+    /// (`<artifact>.lock`, empty) stay: removing one while another process waits on it
+    /// would let a third lock a new file beside it. `None`, after a debug line, when the
+    /// lock cannot be taken (a read-only cache): compiling twice is only slower.
+    pub(crate) fn lock_compiling(
+        &self,
+        engine: &Engine,
+        digest_hex: &str,
+    ) -> Option<std::fs::File> {
+        let mut path = self.path_for(engine, digest_hex).into_os_string();
+        path.push(".lock");
+        let locked = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| {
+                std::fs::File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+            })
+            .and_then(|file| file.lock().map(|()| file));
+        match locked {
+            Ok(file) => Some(file),
+            Err(err) => {
+                tracing::debug!(path = %Path::new(&path).display(), error = %err, "cannot lock the compile cache entry");
+                None
+            }
+        }
+    }
+
     /// Writes a compiled component; failures only cost a recompile next time, so they are
     /// logged, not returned.
     pub(crate) fn store(&self, engine: &Engine, digest_hex: &str, component: &Component) {

@@ -110,9 +110,23 @@ pub(crate) async fn load_bytes(
                     .as_ref()
                     .and_then(|cache| cache.load(sandbox.engine(), &digest_hex))
             };
-            if let Some(component) = cached() {
+            let from_cache = |component| {
                 release_freed_memory();
-                return Ok((version, component, ArtifactSource::Cache));
+                Ok((version.clone(), component, ArtifactSource::Cache))
+            };
+            if let Some(component) = cached() {
+                return from_cache(component);
+            }
+            // Another process sharing the cache (a worker of `--processes`, a second worker on
+            // the machine) may be compiling the same component: wait for it, then map its
+            // artifact instead of compiling it again at the same time.
+            let compile_lock = cache
+                .as_ref()
+                .and_then(|cache| cache.lock_compiling(sandbox.engine(), &digest_hex));
+            if compile_lock.is_some()
+                && let Some(component) = cached()
+            {
+                return from_cache(component);
             }
             let in_child = cache
                 .as_ref()

@@ -109,6 +109,33 @@ def test_a_killed_process_is_restarted_and_serves_again(supervised, app, node_na
     assert app.send_task("tasks.add", (2, 3)).get(timeout=TIMEOUT) == 5
 
 
+def test_sigterm_calls_off_a_pending_restart(supervised, app, node_name):
+    names = nodes(node_name)
+    wait_until(lambda: pinged(app, names) == names, "both processes answering ping")
+    survivor, dying = worker_pids(supervised)
+    # Each death within 10 s of its start doubles the wait before the restart: 1, 2, 4 s,
+    # and after the fourth death 8 s.
+    killed = set()
+    for _ in range(4):
+        os.kill(dying, signal.SIGKILL)
+        killed.add(dying)
+
+        def restarted():
+            return [pid for pid in worker_pids(supervised) if pid not in killed | {survivor}]
+
+        if len(killed) < 4:
+            wait_until(restarted, "the restarted process")
+            [dying] = restarted()
+    wait_until(lambda: "restarting it in 8 s" in supervised.output(), "the 8 s restart wait")
+
+    started = time.monotonic()
+    supervised.stop()
+
+    assert time.monotonic() - started < 6, "the supervisor waited for the restart"
+    assert supervised.process.returncode == 0, supervised.output()
+    assert not alive(survivor)
+
+
 def test_processes_stop_when_their_supervisor_is_killed(supervised, app, node_name):
     names = nodes(node_name)
     wait_until(lambda: pinged(app, names) == names, "both processes answering ping")

@@ -68,6 +68,7 @@ pub async fn supervise(processes: NonZeroUsize) -> anyhow::Result<i32> {
         program,
         stop_requests: tokio::sync::watch::Sender::new(0),
         events: JoinSet::new(),
+        pending_restarts: Vec::new(),
         restart_delay: vec![FIRST_RESTART_DELAY; processes.get()],
         stopping: false,
         code: exit::SUCCESS,
@@ -91,6 +92,8 @@ pub async fn supervise(processes: NonZeroUsize) -> anyhow::Result<i32> {
                 match event {
                     Ok(event) => supervisor.handle(event)?,
                     Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                    // A restart called off by the shutdown.
+                    Err(err) if err.is_cancelled() => {}
                     Err(err) => return Err(err.into()),
                 }
             }
@@ -115,6 +118,8 @@ struct Supervisor {
     /// request on as one SIGTERM.
     stop_requests: tokio::sync::watch::Sender<u32>,
     events: JoinSet<Event>,
+    /// The waits before restarts, called off when the supervisor stops.
+    pending_restarts: Vec<tokio::task::AbortHandle>,
     restart_delay: Vec<Duration>,
     stopping: bool,
     code: i32,
@@ -226,10 +231,13 @@ impl Supervisor {
             "worker process {index} (pid {pid}) died ({status}); restarting it in {} s",
             delay.as_secs()
         );
-        self.events.spawn(async move {
+        let restart = self.events.spawn(async move {
             tokio::time::sleep(delay).await;
             Event::RestartDue(index)
         });
+        self.pending_restarts
+            .retain(|pending| !pending.is_finished());
+        self.pending_restarts.push(restart);
     }
 
     /// Keeps the first failure's exit code.
@@ -246,6 +254,9 @@ impl Supervisor {
             tracing::warn!("worker: Warm shutdown (passed on to every worker process)");
         }
         self.stopping = true;
+        for restart in self.pending_restarts.drain(..) {
+            restart.abort();
+        }
         self.stop_requests.send_modify(|count| *count += 1);
     }
 }

@@ -159,3 +159,15 @@ def test_a_statedb_without_the_node_name_is_refused(unique_queue, tmp_path):
 
     assert refused.returncode == 2, refused
     assert "put %n (the node name) in it" in refused.stderr, refused.stderr
+
+
+def test_a_process_that_cannot_start_stops_them_all(unique_queue):
+    failed = subprocess.run(
+        [str(CELERIAC), "worker", "--tasks", str(TASKS), "-Q", unique_queue, "--processes", "2",
+         "-b", "redis://127.0.0.1:1/0"],
+        env=worker_env(), capture_output=True, text=True, timeout=120)
+
+    assert failed.returncode == 2, failed
+    assert "Connection refused" in failed.stderr, failed.stderr
+    assert "could not start (exit status: 2); stopping the others" in failed.stderr, failed.stderr
+    assert "restarting" not in failed.stderr, failed.stderr

@@ -59,8 +59,9 @@ pub fn indexed_metrics_addr(
 /// A SIGINT or SIGTERM is passed on to every process as SIGTERM (the second one makes their
 /// shutdown cold, as for one worker). A process that exits on its own with success (a
 /// remote `shutdown`) stays stopped; one that fails or is killed is restarted, after a
-/// delay that grows while it keeps dying young. A set-up error ([`exit::USAGE`]: bad
-/// settings, an unreachable broker at start) would only repeat, so it stops them all.
+/// delay that grows while it keeps dying young. A set-up error ([`exit::USAGE`] within
+/// [`STABLE_AFTER`] of the start: bad settings, an unreachable broker) would only repeat,
+/// so it stops them all.
 pub async fn supervise(processes: NonZeroUsize) -> anyhow::Result<i32> {
     let program = std::env::current_exe()
         .map_err(|err| anyhow::anyhow!("cannot find the celeriac executable to start: {err}"))?;
@@ -212,7 +213,8 @@ impl Supervisor {
             self.fail(status.code().unwrap_or(exit::TASK_FAILED));
             return;
         }
-        if status.code() == Some(exit::USAGE) {
+        let died_young = started.elapsed() < STABLE_AFTER;
+        if status.code() == Some(exit::USAGE) && died_young {
             tracing::error!(
                 "worker process {index} (pid {pid}) could not start ({status}); stopping the others"
             );
@@ -221,10 +223,10 @@ impl Supervisor {
             return;
         }
         let slot = index.get() - 1;
-        let delay = if started.elapsed() >= STABLE_AFTER {
-            FIRST_RESTART_DELAY
-        } else {
+        let delay = if died_young {
             self.restart_delay[slot]
+        } else {
+            FIRST_RESTART_DELAY
         };
         self.restart_delay[slot] = (delay * 2).min(MAX_RESTART_DELAY);
         tracing::error!(

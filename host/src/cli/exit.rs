@@ -7,6 +7,9 @@ pub const TASK_FAILED: i32 = 1;
 /// `deploy`: some worker refused, or a worker waited for did not answer in time (or none
 /// answered at all).
 pub const NOT_DEPLOYED: i32 = 1;
-/// Bad usage or set-up: invalid flags or JSON, an unloadable tasks directory, a failed build.
+/// `worker`: it stopped on an error after it had started serving, or by a cold shutdown.
+pub const WORKER_FAILED: i32 = 1;
+/// Bad usage or set-up: invalid flags or JSON, an unloadable tasks directory, a failed build,
+/// a worker that could not start (`worker --processes` does not restart one that exits so).
 /// clap uses the same code for flag errors.
 pub const USAGE: i32 = 2;

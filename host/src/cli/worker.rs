@@ -327,17 +327,21 @@ async fn run(args: WorkerArgs, process_index: Option<NonZeroUsize>) -> anyhow::R
     let code = tokio::select! {
         joined = &mut running => {
             match joined {
-                Ok(result) => result?,
+                Ok(Ok(())) => exit::SUCCESS,
+                // Not a set-up error (exit::USAGE): this worker had started serving.
+                Ok(Err(err)) => {
+                    tracing::error!("worker: stopped on an error: {err}");
+                    exit::WORKER_FAILED
+                }
                 Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
                 Err(err) => return Err(err.into()),
             }
-            exit::SUCCESS
         }
         // Returning (rather than exiting here) lets main flush the log lines still queued.
         () = cold => {
             running.abort();
             tracing::warn!("worker: Cold shutdown (second signal)");
-            exit::TASK_FAILED
+            exit::WORKER_FAILED
         }
     };
     if let Some(restorer) = restorer {

@@ -59,9 +59,9 @@ pub fn indexed_metrics_addr(
 /// A SIGINT or SIGTERM is passed on to every process as SIGTERM (the second one makes their
 /// shutdown cold, as for one worker). A process that exits on its own with success (a
 /// remote `shutdown`) stays stopped; one that fails or is killed is restarted, after a
-/// delay that grows while it keeps dying young. A set-up error ([`exit::USAGE`] within
-/// [`STABLE_AFTER`] of the start: bad settings, an unreachable broker) would only repeat,
-/// so it stops them all.
+/// delay that grows while it keeps dying young. A set-up error ([`exit::USAGE`]: bad
+/// settings, an unreachable broker at start; a worker that fails later exits with
+/// [`exit::WORKER_FAILED`]) would only repeat, so it stops them all.
 pub async fn supervise(processes: NonZeroUsize) -> anyhow::Result<i32> {
     let program = std::env::current_exe()
         .map_err(|err| anyhow::anyhow!("cannot find the celeriac executable to start: {err}"))?;
@@ -200,7 +200,7 @@ impl Supervisor {
             Ok(status) => status,
             Err(err) => {
                 tracing::error!("worker process {index} (pid {pid}): waiting for it failed: {err}");
-                self.fail(exit::TASK_FAILED);
+                self.fail(exit::WORKER_FAILED);
                 return;
             }
         };
@@ -210,11 +210,10 @@ impl Supervisor {
         }
         if self.stopping {
             tracing::warn!("worker process {index} (pid {pid}) stopped: {status}");
-            self.fail(status.code().unwrap_or(exit::TASK_FAILED));
+            self.fail(status.code().unwrap_or(exit::WORKER_FAILED));
             return;
         }
-        let died_young = started.elapsed() < STABLE_AFTER;
-        if status.code() == Some(exit::USAGE) && died_young {
+        if status.code() == Some(exit::USAGE) {
             tracing::error!(
                 "worker process {index} (pid {pid}) could not start ({status}); stopping the others"
             );
@@ -223,7 +222,7 @@ impl Supervisor {
             return;
         }
         let slot = index.get() - 1;
-        let delay = if died_young {
+        let delay = if started.elapsed() < STABLE_AFTER {
             self.restart_delay[slot]
         } else {
             FIRST_RESTART_DELAY

@@ -169,16 +169,17 @@ def test_yaml_binary_arguments_come_back_as_bytes(wire_app, celeriac_worker):
     assert result.get(timeout=TIMEOUT) == echoed(args)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: yaml.safe_load types plain timestamps as datetime/date, but "
-    "serde_norway does not say whether a scalar was plain or quoted, so celeriac passes "
-    "them on as strings (host/src/protocol/content.rs, from_yaml)",
-)
 def test_yaml_timestamps_come_back_as_datetimes(wire_app, celeriac_worker):
-    args = (dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), dt.date(2024, 2, 29))
-    result = wire_app.send_task("tasks.echo", args=args, serializer="yaml")
-    assert repr(result.get(timeout=TIMEOUT)) == repr(echoed(args))
+    # yaml.safe_dump writes datetimes and dates as plain scalars and yaml.safe_load turns
+    # them back into objects; a string of the same shape is written quoted and stays a str.
+    datetimes = tuple(
+        TYPED_VALUES[name] for name in ("utc datetime", "offset datetime", "naive datetime", "date")
+    )
+    negative_offset = dt.datetime(1999, 12, 31, 23, 59, 59, 500000, tzinfo=dt.timezone(-dt.timedelta(hours=8)))
+    args = (*datetimes, negative_offset, "2024-01-02", "2024-01-02 03:04:05+00:00")
+    kwargs = {"when": {"at": [TYPED_VALUES["date"]]}}
+    result = wire_app.send_task("tasks.echo", args=args, kwargs=kwargs, serializer="yaml")
+    assert repr(result.get(timeout=TIMEOUT)) == repr(echoed(args, kwargs))
 
 
 def test_kombu_bytes_markers_carry_the_exact_bytes(app, celeriac_worker):

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use serde_json::Value;
 
 use super::kombu_json::{self, KombuValue};
+use super::yaml;
 
 /// The largest body a compressed message may expand to. A guard against decompression
 /// bombs: a message from the network must not be able to make the worker allocate
@@ -19,7 +20,7 @@ pub enum Serializer {
     Json,
     /// `application/x-msgpack`.
     Msgpack,
-    /// `application/x-yaml` (YAML 1.2 as `yaml.safe_dump` writes it).
+    /// `application/x-yaml`, as `yaml.safe_dump` writes it and `yaml.safe_load` reads it.
     Yaml,
     /// `application/data`, `text/plain` or no content type: kombu hands the body over
     /// unparsed. Celery never sends tasks this way; such a body becomes a string (or a
@@ -95,7 +96,7 @@ impl Serializer {
             Serializer::Yaml => {
                 let text =
                     std::str::from_utf8(body).map_err(|err| format!("body is not UTF-8: {err}"))?;
-                from_yaml(text)
+                yaml::from_yaml(text)
             }
             Serializer::Raw => Ok(match std::str::from_utf8(body) {
                 Ok(text) => Value::String(text.to_owned()),
@@ -103,30 +104,6 @@ impl Serializer {
             }),
         }
     }
-}
-
-/// Parses a YAML body into kombu JSON's representation.
-///
-/// libyaml expands a core tag such as `!!binary` (how `yaml.safe_dump` writes `bytes`) to
-/// `tag:yaml.org,2002:binary`, and serde_norway passes such a node on as its plain text, so
-/// bytes would arrive as a base64 string. A `%TAG !! !` directive turns the core tags into
-/// local ones, which serde_norway hands to [`KombuValue`] by name. A body with its own
-/// directives or document markers (a line starting `%`, `---` or `...`; `yaml.safe_dump`
-/// writes none) cannot take the directive and is parsed as it is.
-///
-/// Known gap: `yaml.safe_load` also turns *plain* scalars that look like timestamps
-/// (`2024-01-02 03:04:05+00:00`, `2024-01-02`) into `datetime`/`date` objects. serde_norway
-/// does not say whether a scalar was plain or quoted, so they stay strings here.
-fn from_yaml(text: &str) -> Result<Value, String> {
-    let has_markers = text
-        .lines()
-        .any(|line| line.starts_with('%') || line.starts_with("---") || line.starts_with("..."));
-    let parsed = if has_markers {
-        serde_norway::from_str::<KombuValue>(text)
-    } else {
-        serde_norway::from_str::<KombuValue>(&format!("%TAG !! !\n---\n{text}"))
-    };
-    parsed.map(|v| v.0).map_err(|err| err.to_string())
 }
 
 /// A body compression, named on the wire by the `compression` header.

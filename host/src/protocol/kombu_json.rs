@@ -421,10 +421,11 @@ impl<'de> Visitor<'de> for KombuValueVisitor {
     }
 
     /// A tagged YAML node. serde_norway hands over only local tags (`!name`), so YAML is
-    /// parsed with the `!!` handle redefined as `!` (see `content::Serializer::deserialize`)
+    /// parsed with the `!!` handle redefined as `!` (see `protocol::yaml`)
     /// and the core tags `yaml.safe_dump` writes arrive here: `binary` becomes a kombu bytes
-    /// marker, as `yaml.safe_load` gives `bytes`; `str` keeps the scalar's text; any other
-    /// tag (`set`, ...) keeps the node's value.
+    /// marker, as `yaml.safe_load` gives `bytes`; `str` keeps the scalar's text;
+    /// `timestamp` (also what `protocol::yaml` tags plain timestamps with) becomes kombu's
+    /// `datetime` or `date` marker; any other tag (`set`, ...) keeps the node's value.
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
         let (tag, node) = data.variant::<String>()?;
         match tag.as_str() {
@@ -437,6 +438,10 @@ impl<'de> Visitor<'de> for KombuValueVisitor {
                 Ok(bytes_marker(&bytes))
             }
             "str" => node.newtype_variant::<String>().map(Value::String),
+            super::yaml::TIMESTAMP_TAG => {
+                let text: String = node.newtype_variant()?;
+                super::yaml_timestamp::tagged_timestamp_marker(&text).map_err(A::Error::custom)
+            }
             _ => node.newtype_variant::<KombuValue>().map(|v| v.0),
         }
     }
@@ -475,13 +480,17 @@ impl<'de> Visitor<'de> for KombuValueVisitor {
 
 /// Kombu's marker for a `bytes` value: `bytes` when it is UTF-8, `base64` otherwise.
 pub fn bytes_marker(bytes: &[u8]) -> Value {
-    let (kind, value) = match std::str::from_utf8(bytes) {
-        Ok(text) => ("bytes", text.to_owned()),
-        Err(_) => (
+    match std::str::from_utf8(bytes) {
+        Ok(text) => type_marker("bytes", text.to_owned()),
+        Err(_) => type_marker(
             "base64",
             base64::engine::general_purpose::STANDARD.encode(bytes),
         ),
-    };
+    }
+}
+
+/// Kombu's marker for a value JSON has no type for: `{"__type__": kind, "__value__": value}`.
+pub fn type_marker(kind: &str, value: String) -> Value {
     let mut map = Map::with_capacity(2);
     map.insert("__type__".to_owned(), Value::String(kind.to_owned()));
     map.insert("__value__".to_owned(), Value::String(value));

@@ -16,6 +16,7 @@
 //! * [`headers`]: a delivery's [`Headers`], task keys held apart from the rest.
 //! * [`signature`]: canvas signature dicts and the messages they become.
 //! * [`timestamp`]: ISO 8601 `eta`/`expires` values.
+//! * [`yaml`], [`yaml_timestamp`]: YAML bodies as `yaml.safe_load` reads them.
 
 pub mod content;
 pub mod encode;
@@ -25,6 +26,8 @@ pub mod message;
 pub mod python_repr;
 pub mod signature;
 pub mod timestamp;
+pub mod yaml;
+pub mod yaml_timestamp;
 
 pub use content::{Compression, ContentType, Serializer};
 pub use encode::{EncodedMessage, OutgoingProperties, OutgoingTask};

@@ -1,5 +1,6 @@
 //! Log output in Celery's habits: `[2026-11-21 10:00:00,123: INFO/MainProcess] message` on
-//! stderr, or one JSON object per line with `--log-format json`.
+//! stderr, or one JSON object per line with `--log-format json` (with the same
+//! `processName`).
 
 use std::fmt;
 use std::io::BufWriter;
@@ -7,8 +8,10 @@ use std::io::BufWriter;
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::FmtContext;
-use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::format::{
+    Format, FormatEvent, FormatFields, Json, JsonFields, Writer,
+};
+use tracing_subscriber::fmt::{FmtContext, format};
 use tracing_subscriber::registry::LookupSpan;
 
 /// Log line format.
@@ -73,7 +76,10 @@ pub fn init(opts: &LogOpts) -> WorkerGuard {
                 process_name: process_name(),
             })
             .init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonFormat::new(&process_name()))
+            .init(),
     }
     guard
 }
@@ -89,6 +95,44 @@ const LOG_QUEUE_LINES: usize = 8 * 1024;
 /// `[%(asctime)s: %(levelname)s/%(processName)s] %(message)s`
 struct CeleryFormat {
     process_name: String,
+}
+
+/// tracing-subscriber's flat JSON object with Celery's `processName` as its first key, so the
+/// lines of several processes (`celeriac worker --processes`) can be told apart.
+struct JsonFormat {
+    inner: Format<Json>,
+    /// `"processName":"…",`
+    process_field: String,
+}
+
+impl JsonFormat {
+    fn new(process_name: &str) -> JsonFormat {
+        JsonFormat {
+            inner: format().json().flatten_event(true),
+            process_field: format!("\"processName\":{},", serde_json::Value::from(process_name)),
+        }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for JsonFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{{}{rest}", self.process_field),
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// Celery's `processName`: `MainProcess`, or `WorkerProcess-N` in the Nth process that
@@ -166,6 +210,46 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_779), (2026, 11, 22));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn json_lines_name_the_process_first() {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .expect("not poisoned")
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonFormat::new("WorkerProcess-2"))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(task = "tasks.add", "Task accepted");
+        });
+        let text =
+            String::from_utf8(captured.0.lock().expect("not poisoned").clone()).expect("utf-8");
+        assert!(
+            text.starts_with("{\"processName\":\"WorkerProcess-2\",\""),
+            "{text}"
+        );
+        let line: serde_json::Value =
+            serde_json::from_str(text.trim_end()).expect("one JSON object");
+        assert_eq!(line["processName"], "WorkerProcess-2");
+        assert_eq!(line["message"], "Task accepted");
+        assert_eq!(line["task"], "tasks.add");
+        assert_eq!(line["level"], "INFO");
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub const TIMESTAMP_TAG: &str = "timestamp";
 
 /// Parses a YAML body into kombu JSON's representation.
 pub fn from_yaml(text: &str) -> Result<Value, String> {
-    let text = tag_plain_timestamps(text);
+    let text = tag_plain_timestamps(text)?;
     let has_markers = text
         .lines()
         .any(|line| line.starts_with('%') || line.starts_with("---") || line.starts_with("..."));
@@ -40,17 +40,22 @@ pub fn from_yaml(text: &str) -> Result<Value, String> {
     parsed.map(|v| v.0).map_err(|err| err.to_string())
 }
 
+/// How deep serde_norway lets collections nest. A body nested deeper is refused by the
+/// event pass: serde_norway reads all of a body's events before it checks the depth, which
+/// takes seconds for a hostile body of a few megabytes of `[`.
+const DEPTH_LIMIT: usize = 128;
+
 /// `text` with `!timestamp ` written before every untagged plain scalar that PyYAML
 /// resolves as a timestamp, except mapping keys. Text the event parser rejects is left as
-/// it is, for serde_norway to report on.
-fn tag_plain_timestamps(text: &str) -> Cow<'_, str> {
+/// it is, for serde_norway to report on; text nested too deep is an error.
+fn tag_plain_timestamps(text: &str) -> Result<Cow<'_, str>, String> {
     let mut char_offsets = Vec::new();
     // For each open collection: `Some(next node is a key)` for a mapping, `None` for a
     // sequence.
     let mut open: Vec<Option<bool>> = Vec::new();
     for item in Parser::new_from_str(text) {
         let Ok((event, span)) = item else {
-            return Cow::Borrowed(text);
+            return Ok(Cow::Borrowed(text));
         };
         let is_key = matches!(open.last(), Some(Some(true)));
         let starts_node = matches!(
@@ -62,6 +67,9 @@ fn tag_plain_timestamps(text: &str) -> Cow<'_, str> {
         );
         if let (true, Some(Some(next_is_key))) = (starts_node, open.last_mut()) {
             *next_is_key = !*next_is_key;
+        }
+        if open.len() > DEPTH_LIMIT {
+            return Err(format!("YAML nested deeper than {DEPTH_LIMIT} levels"));
         }
         match event {
             Event::Scalar(value, ScalarStyle::Plain, _, None)
@@ -78,7 +86,7 @@ fn tag_plain_timestamps(text: &str) -> Cow<'_, str> {
         }
     }
     if char_offsets.is_empty() {
-        return Cow::Borrowed(text);
+        return Ok(Cow::Borrowed(text));
     }
     let mut tagged = String::with_capacity(text.len() + char_offsets.len() * 12);
     let mut pending = char_offsets.into_iter().peekable();
@@ -90,7 +98,7 @@ fn tag_plain_timestamps(text: &str) -> Cow<'_, str> {
         }
         tagged.push(ch);
     }
-    Cow::Owned(tagged)
+    Ok(Cow::Owned(tagged))
 }
 
 #[cfg(test)]
@@ -162,5 +170,17 @@ mod tests {
             from_yaml("%YAML 1.1\n---\n- 2024-01-02 03:04:05\n"),
             Ok(json!([datetime("2024-01-02T03:04:05")]))
         );
+    }
+
+    #[test]
+    fn a_body_nested_too_deep_is_refused_before_serde_norway_reads_it() {
+        let depth = DEPTH_LIMIT + 1;
+        let nested = "[".repeat(depth) + &"]".repeat(depth);
+        assert_eq!(
+            from_yaml(&nested),
+            Err(format!("YAML nested deeper than {DEPTH_LIMIT} levels"))
+        );
+        let within = "[".repeat(DEPTH_LIMIT) + &"]".repeat(DEPTH_LIMIT);
+        assert!(from_yaml(&within).is_ok());
     }
 }

@@ -56,6 +56,14 @@ def worker_pids(worker):
         return []
 
 
+def runtime_threads(pid):
+    """The threads process `pid`'s tokio runtime was told to run (tokio names its blocking
+    threads like its workers, so they cannot be counted apart)."""
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        settings = dict(entry.split(b"=", 1) for entry in environ.read().split(b"\0") if entry)
+    return int(settings[b"TOKIO_WORKER_THREADS"])
+
+
 def alive(pid):
     try:
         os.kill(pid, 0)
@@ -82,6 +90,9 @@ def test_each_process_is_a_node_that_runs_tasks_and_sigterm_stops_all(supervised
     assert [result.get(timeout=TIMEOUT) for result in results] == [2 * i for i in range(20)]
     pids = worker_pids(supervised)
     assert len(pids) == 2, supervised.output()
+    # Each process's async runtime gets its share of the CPUs, not all of them.
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert [runtime_threads(pid) for pid in pids] == [share, share]
 
     supervised.stop()
 

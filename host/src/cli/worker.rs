@@ -146,6 +146,13 @@ fn check_process_settings(args: &WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each of `processes` worker processes' share of the CPUs (at least one): its default `-c`
+/// and, under `--processes`, its runtime's threads.
+pub(super) fn cpus_per_process(processes: NonZeroUsize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (cpus / processes.get()).max(1)
+}
+
 /// The sandbox's instance pool for `concurrency` slots: the one asked for, if it leaves room
 /// for every slot and a load; by default 1,000 or, for a larger concurrency, enough for every
 /// slot to also keep an idle `reuse` instance.
@@ -216,10 +223,9 @@ async fn run(args: WorkerArgs, process_index: Option<NonZeroUsize>) -> anyhow::R
             .map(|addr| indexed_metrics_addr(addr, index))
             .transpose()?;
     }
-    let concurrency = args.concurrency.unwrap_or_else(|| {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        (cores / args.processes.get()).max(1)
-    });
+    let concurrency = args
+        .concurrency
+        .unwrap_or_else(|| cpus_per_process(args.processes));
     let queues = list_entries(&args.queues);
     let backend_url = args.connection.backend_url()?;
 

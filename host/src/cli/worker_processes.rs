@@ -7,6 +7,7 @@
 //! a thread of the same process to flush its TLB. Fresh Python instances therefore drain no
 //! faster at `-c 2` than at `-c 1` in one process, while two processes drain twice as fast
 //! (README, "Side by side with Python Celery"). Celery's prefork pool is the same answer.
+//! For the same reason each process runs only its share of the CPUs as runtime threads.
 
 use std::num::NonZeroUsize;
 use std::process::{ExitStatus, Stdio};
@@ -19,6 +20,12 @@ use super::exit;
 
 /// Tells a worker process started by the supervisor which one it is (from 1).
 pub const PROCESS_INDEX_ENV: &str = "CELERIAC_WORKER_PROCESS";
+
+/// tokio's setting for the threads of a multi-threaded runtime. Each process gets its share
+/// of the CPUs unless the operator set it: one process's threads on several cores receive
+/// each other's TLB flushes, which cost fresh Python instances 6 % within `--processes 2`
+/// and a third in a single process (README, "Side by side with Python Celery").
+const RUNTIME_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 
 /// The wait before restarting a process that died; doubled for each quick death in a row.
 const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
@@ -65,8 +72,12 @@ pub fn indexed_metrics_addr(
 pub async fn supervise(processes: NonZeroUsize) -> anyhow::Result<i32> {
     let program = std::env::current_exe()
         .map_err(|err| anyhow::anyhow!("cannot find the celeriac executable to start: {err}"))?;
+    let runtime_threads = std::env::var_os(RUNTIME_THREADS_ENV)
+        .is_none()
+        .then(|| super::worker::cpus_per_process(processes));
     let mut supervisor = Supervisor {
         program,
+        runtime_threads,
         stop_requests: tokio::sync::watch::Sender::new(0),
         events: JoinSet::new(),
         pending_restarts: Vec::new(),
@@ -115,6 +126,8 @@ enum Event {
 
 struct Supervisor {
     program: std::path::PathBuf,
+    /// The [`RUNTIME_THREADS_ENV`] each process gets; `None` when the operator set it.
+    runtime_threads: Option<usize>,
     /// How many times every process was asked to stop; each process's task passes each
     /// request on as one SIGTERM.
     stop_requests: tokio::sync::watch::Sender<u32>,
@@ -136,6 +149,9 @@ impl Supervisor {
             // Its own process group: a Ctrl-C at the terminal reaches only the supervisor,
             // which passes it on once (a second copy would make the shutdown cold).
             .process_group(0);
+        if let Some(threads) = self.runtime_threads {
+            command.env(RUNTIME_THREADS_ENV, threads.to_string());
+        }
         #[cfg(target_os = "linux")]
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {

@@ -1,7 +1,9 @@
 """`celeriac worker --processes N` on Redis, seen from an unmodified Celery client: each
 process is a node of its own that answers `ping` and runs tasks; a SIGTERM to the
 supervisor shuts every process down warmly; a process that dies is restarted; processes
-whose supervisor is killed stop by themselves.
+whose supervisor is killed stop by themselves. Also for one worker as for several: a
+SIGTERM while the components still compile stops the start-up warmly, without leaving a
+compile running.
 """
 
 import os
@@ -13,8 +15,8 @@ import uuid
 
 import pytest
 
-from conftest import (CELERIAC, STOP_TIMEOUT, TASKS, TIMEOUT, start_celeriac, wait_until,
-                      worker_env)
+from conftest import (CELERIAC, STOP_TIMEOUT, TASKS, TIMEOUT, WorkerProcess, start_celeriac,
+                      wait_until, worker_env)
 
 
 @pytest.fixture
@@ -182,3 +184,38 @@ def test_a_process_that_cannot_start_stops_them_all(unique_queue):
     assert "Connection refused" in failed.stderr, failed.stderr
     assert "could not start (exit status: 2); stopping the others" in failed.stderr, failed.stderr
     assert "restarting" not in failed.stderr, failed.stderr
+
+
+def compile_children(cache_dir):
+    """The pids of `celeriac compile-artifact` processes writing into `cache_dir`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")
+        except (FileNotFoundError, NotADirectoryError, ProcessLookupError, PermissionError):
+            continue
+        if b"compile-artifact" in argv and any(str(cache_dir).encode() in arg for arg in argv):
+            if alive(int(entry)):
+                pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_sigterm_while_compiling_stops_the_start_up_warmly(unique_queue, tmp_path, processes):
+    # An empty compile cache: the Python example takes seconds to compile, in a child process.
+    cache = tmp_path / "cache"
+    worker = WorkerProcess(
+        "celeriac worker",
+        [str(CELERIAC), "worker", "--tasks", str(TASKS), "-Q", unique_queue, "-l", "info",
+         "--processes", processes],
+        worker_env({"CELERIAC_CACHE_DIR": str(cache)}),
+    )
+    wait_until(lambda: compile_children(cache), "a compile running")
+
+    worker.stop()
+
+    assert worker.process.returncode == 0, worker.output()
+    assert "Warm shutdown while starting (nothing was consumed yet)" in worker.output()
+    assert "ready." not in worker.output()
+    wait_until(lambda: not compile_children(cache), "no compile left running", timeout=5)

@@ -78,14 +78,22 @@ pub fn run_async(command: impl std::future::Future<Output = anyhow::Result<i32>>
             return exit::USAGE;
         }
     };
-    match runtime.block_on(command) {
+    let code = match runtime.block_on(command) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", error_report(&err));
             exit::USAGE
         }
-    }
+    };
+    // Everything the command must finish it has awaited. What may still run is a blocking
+    // thread waiting for a compile child after a shutdown during start-up: not waited for
+    // (dropping the runtime would), the child dies with this process.
+    runtime.shutdown_timeout(BLOCKING_WORK_GRACE);
+    code
 }
+
+/// How long a finished command waits for blocking threads it left running.
+const BLOCKING_WORK_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// `err` and its causes on one line, `outer: inner: …`, leaving out a cause whose text the
 /// line already holds: the library's errors name their source in their own message too,

@@ -212,6 +212,9 @@ fn host_format(pattern: &str, host: &str, name: &str) -> String {
 
 /// Runs one worker; `process_index` is its number when `--processes` started it.
 async fn run(args: WorkerArgs, process_index: Option<NonZeroUsize>) -> anyhow::Result<i32> {
+    // Counted from the start, so that a signal while components load or the broker is
+    // reached stops the start-up instead of killing the process.
+    let signals = count_signals();
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let mut nodename = expand_nodename(&args.hostname, &host);
     let mut metrics_addr = args.metrics_addr;
@@ -250,39 +253,50 @@ async fn run(args: WorkerArgs, process_index: Option<NonZeroUsize>) -> anyhow::R
             Ok(program) => cache.compiling_in_child(program),
             Err(_) => cache,
         });
-    let registry =
-        Arc::new(Registry::load_dir(&sandbox, &args.tasks.tasks_dir, cache.as_ref()).await?);
-    registry.keep_versions().await;
-    // Watching starts before the banner, so a file dropped from now on is noticed.
-    let _watcher = if args.no_watch {
-        None
-    } else {
-        Some(registry.watch()?)
-    };
-
-    let mut options = BrokerOptions::default();
-    if let Some(seconds) = args.visibility_timeout {
-        options.redis = RedisOptions {
-            visibility_timeout: Duration::from_secs(seconds),
-            ..options.redis
+    let start_up = async {
+        let registry =
+            Arc::new(Registry::load_dir(&sandbox, &args.tasks.tasks_dir, cache.as_ref()).await?);
+        registry.keep_versions().await;
+        // Watching starts before the banner, so a file dropped from now on is noticed.
+        let watcher = if args.no_watch {
+            None
+        } else {
+            Some(registry.watch()?)
         };
-    }
-    if let Some(seconds) = args.broker_consumer_timeout {
-        options.amqp.consumer_timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
-    }
-    let broker = Arc::new(args.connection.connect_broker(options).await?);
-    let backend_options = BackendOptions {
-        result_chord_ordered: args.result_chord_ordered,
-    };
-    let backend = Arc::new(connect_backend(&backend_url, &broker, &backend_options).await?);
-    let handle = match &args.statedb {
-        Some(pattern) => {
-            let path = node_format(&pattern.to_string_lossy(), &nodename);
-            let (handle, restored) = WorkerHandle::with_statedb(backend, StateDb::new(&path))?;
-            tracing::info!("Restored {restored} revoked task id(s) from {path}");
-            handle
+
+        let mut options = BrokerOptions::default();
+        if let Some(seconds) = args.visibility_timeout {
+            options.redis = RedisOptions {
+                visibility_timeout: Duration::from_secs(seconds),
+                ..options.redis
+            };
         }
-        None => WorkerHandle::new(backend),
+        if let Some(seconds) = args.broker_consumer_timeout {
+            options.amqp.consumer_timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
+        }
+        let broker = Arc::new(args.connection.connect_broker(options).await?);
+        let backend_options = BackendOptions {
+            result_chord_ordered: args.result_chord_ordered,
+        };
+        let backend = Arc::new(connect_backend(&backend_url, &broker, &backend_options).await?);
+        let handle = match &args.statedb {
+            Some(pattern) => {
+                let path = node_format(&pattern.to_string_lossy(), &nodename);
+                let (handle, restored) = WorkerHandle::with_statedb(backend, StateDb::new(&path))?;
+                tracing::info!("Restored {restored} revoked task id(s) from {path}");
+                handle
+            }
+            None => WorkerHandle::new(backend),
+        };
+        anyhow::Ok((registry, watcher, broker, handle))
+    };
+    let mut stop_while_starting = signals.clone();
+    let (registry, _watcher, broker, handle) = tokio::select! {
+        started = start_up => started?,
+        _ = stop_while_starting.wait_for(|count| *count >= 1) => {
+            tracing::warn!("worker: Warm shutdown while starting (nothing was consumed yet)");
+            return Ok(exit::SUCCESS);
+        }
     };
 
     print_banner(
@@ -315,7 +329,6 @@ async fn run(args: WorkerArgs, process_index: Option<NonZeroUsize>) -> anyhow::R
 
     let restorer = spawn_restorer(Arc::clone(&broker));
 
-    let signals = count_signals();
     let mut first = signals.clone();
     let shutdown = async move {
         let _ = first.wait_for(|count| *count >= 1).await;

@@ -82,18 +82,34 @@ pub fn compile_in_child(
     component: &[u8],
     output: &Path,
 ) -> Result<(), ChildCompileError> {
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .arg(COMPILE_SUBCOMMAND)
         .arg("--output")
         .arg(output)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ChildCompileError::Spawn {
-            program: program.to_path_buf(),
-            source,
-        })?;
+        .stderr(Stdio::piped());
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl and signal are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        // A worker stopped while it loads does not leave its compile running: the child
+        // dies with the thread that waits for it. A Ctrl-C at the terminal reaches the
+        // whole process group; the worker decides what it means, not its helper.
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1
+                || libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|source| ChildCompileError::Spawn {
+        program: program.to_path_buf(),
+        source,
+    })?;
     // The child reads all of stdin before it writes anything, so writing first cannot
     // deadlock on a full stderr pipe.
     let fed = match child.stdin.take() {

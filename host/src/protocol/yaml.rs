@@ -21,7 +21,7 @@ use saphyr_parser::{Event, Parser, ScalarStyle};
 use serde_json::Value;
 
 use super::kombu_json::KombuValue;
-use super::yaml_timestamp::implicit_timestamp_marker;
+use super::yaml_timestamp::resolves_as_timestamp;
 
 /// The local tag a plain timestamp gets; also what `!!timestamp` becomes under `%TAG !! !`.
 pub const TIMESTAMP_TAG: &str = "timestamp";
@@ -73,7 +73,7 @@ fn tag_plain_timestamps(text: &str) -> Result<Cow<'_, str>, String> {
         }
         match event {
             Event::Scalar(value, ScalarStyle::Plain, _, None)
-                if !is_key && implicit_timestamp_marker(&value).is_some() =>
+                if !is_key && resolves_as_timestamp(&value) =>
             {
                 char_offsets.push(span.start.index());
             }

@@ -14,16 +14,17 @@ use serde_json::Value;
 use super::kombu_json::type_marker;
 use super::timestamp::days_in_month;
 
-/// The kombu marker for a scalar PyYAML resolves implicitly as a timestamp, `None` for any
-/// other scalar; `Err` when it has a timestamp's shape but names no real date or time,
-/// which makes `yaml.safe_load` raise.
-pub fn implicit_timestamp_marker(scalar: &str) -> Option<Result<Value, String>> {
-    let parsed = YamlTimestamp::parse(scalar)?;
-    let date_only_shape = parsed.month_digits == 2 && parsed.day_digits == 2;
-    (parsed.time.is_some() || date_only_shape).then(|| parsed.marker())
+/// Whether PyYAML's implicit resolver takes this plain scalar for a timestamp. Only the
+/// shape counts: one naming no real date or time (Feb 30) still resolves, and then makes
+/// `yaml.safe_load` raise, as [`tagged_timestamp_marker`] does.
+pub fn resolves_as_timestamp(scalar: &str) -> bool {
+    YamlTimestamp::parse(scalar).is_some_and(|parsed| {
+        parsed.time.is_some() || (parsed.month_digits == 2 && parsed.day_digits == 2)
+    })
 }
 
-/// The kombu marker for a scalar tagged `!!timestamp`.
+/// The kombu marker for a timestamp scalar (tagged `!!timestamp`, or plain and
+/// [`resolves_as_timestamp`]); `Err` when it names no real date or time.
 pub fn tagged_timestamp_marker(scalar: &str) -> Result<Value, String> {
     YamlTimestamp::parse(scalar)
         .ok_or_else(|| format!("{scalar:?} is not a YAML timestamp"))?
@@ -254,6 +255,11 @@ mod tests {
         json!({"__type__": "datetime", "__value__": iso})
     }
 
+    /// What `yaml.safe_load` makes of `scalar` written plain: `None` if it stays a string.
+    fn implicit_marker(scalar: &str) -> Option<Result<Value, String>> {
+        resolves_as_timestamp(scalar).then(|| tagged_timestamp_marker(scalar))
+    }
+
     #[test]
     fn safe_dump_forms_become_isoformat_markers() {
         // yaml.safe_dump of datetime/date values, and the isoformat() safe_load gives back.
@@ -268,14 +274,10 @@ mod tests {
             ("2024-01-02 03:04:05", "2024-01-02T03:04:05"),
             ("2024-01-02 03:04:05.500000", "2024-01-02T03:04:05.500000"),
         ] {
-            assert_eq!(
-                implicit_timestamp_marker(scalar),
-                Some(Ok(datetime(iso))),
-                "{scalar}"
-            );
+            assert_eq!(implicit_marker(scalar), Some(Ok(datetime(iso))), "{scalar}");
         }
         assert_eq!(
-            implicit_timestamp_marker("2024-02-29"),
+            implicit_marker("2024-02-29"),
             Some(Ok(json!({"__type__": "date", "__value__": "2024-02-29"})))
         );
     }
@@ -297,11 +299,7 @@ mod tests {
             ("2001-12-14 21:59:43.", "2001-12-14T21:59:43"),
             ("2001-12-14 21:59:43-00:00", "2001-12-14T21:59:43+00:00"),
         ] {
-            assert_eq!(
-                implicit_timestamp_marker(scalar),
-                Some(Ok(datetime(iso))),
-                "{scalar}"
-            );
+            assert_eq!(implicit_marker(scalar), Some(Ok(datetime(iso))), "{scalar}");
         }
     }
 
@@ -320,7 +318,7 @@ mod tests {
             "",
             "２０２４-01-02",
         ] {
-            assert_eq!(implicit_timestamp_marker(scalar), None, "{scalar}");
+            assert_eq!(implicit_marker(scalar), None, "{scalar}");
         }
     }
 
@@ -336,10 +334,7 @@ mod tests {
             "2024-01-02 23:59:60",
             "2024-01-02 03:04:05+24:00",
         ] {
-            assert!(
-                matches!(implicit_timestamp_marker(scalar), Some(Err(_))),
-                "{scalar}"
-            );
+            assert!(matches!(implicit_marker(scalar), Some(Err(_))), "{scalar}");
         }
     }
 

@@ -29,6 +29,7 @@ pub mod backend;
 pub mod broker;
 pub mod connect;
 pub mod control;
+pub mod link;
 pub mod protocol;
 mod redis_batch;
 pub mod redis_url;

@@ -7,6 +7,7 @@ mod support;
 mod hotswap;
 mod isolation;
 mod limits;
+mod link;
 mod outcomes;
 mod pool;
 mod registry;

@@ -1,0 +1,173 @@
+//! The linker (`celeriac::link`): modules sharing a memory merge into one that defines the
+//! table and fills it from constant offsets, and the component computes what it did before.
+
+use wasmparser::{ElementKind, Operator, Parser, Payload};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Store};
+
+use crate::support::celeriac_cli::workspace;
+
+/// Built like componentize-py's output: `main` defines the memory, the table and each
+/// library's `__table_base`; `lib` writes its function into the imported table at that base,
+/// reads a mutable global of `main` (a `GOT.mem` entry) and calls a lowered host function.
+/// `run` returns 40 (the global) + 2 (through the table) + 7 (through memory) + 1 (host).
+const DYNAMICALLY_LINKED: &str = r#"
+(component
+  (import "host-inc" (func $host_inc (param "x" u32) (result u32)))
+  (core module $main
+    (memory (export "memory") 1)
+    (table (export "__indirect_function_table") 4 funcref)
+    (global (export "lib:table_base") i32 (i32.const 2))
+    (global (export "counter") (mut i32) (i32.const 40)))
+  (core module $lib
+    (import "env" "memory" (memory 1))
+    (import "env" "__indirect_function_table" (table 4 funcref))
+    (import "env" "__table_base" (global $base i32))
+    (import "GOT.mem" "counter" (global $counter (mut i32)))
+    (import "host" "inc" (func $inc (param i32) (result i32)))
+    (type $answer (func (result i32)))
+    (func $two (result i32) (i32.add (global.get $counter) (i32.const 2)))
+    (elem (global.get $base) func $two)
+    (func (export "run") (result i32)
+      (i32.store (i32.const 16) (i32.const 7))
+      (call $inc
+        (i32.add
+          (call_indirect (type $answer) (global.get $base))
+          (i32.load (i32.const 16))))))
+  (core instance $m (instantiate $main))
+  (alias core export $m "memory" (core memory $memory))
+  (alias core export $m "__indirect_function_table" (core table $table))
+  (alias core export $m "lib:table_base" (core global $table_base))
+  (alias core export $m "counter" (core global $counter))
+  (core func $inc (canon lower (func $host_inc)))
+  (core instance $env
+    (export "memory" (memory $memory))
+    (export "__indirect_function_table" (table $table))
+    (export "__table_base" (global $table_base)))
+  (core instance $got (export "counter" (global $counter)))
+  (core instance $host (export "inc" (func $inc)))
+  (core instance $l (instantiate $lib
+    (with "env" (instance $env))
+    (with "GOT.mem" (instance $got))
+    (with "host" (instance $host))))
+  (func (export "run") (result u32) (canon lift (core func $l "run") (memory $memory)))
+)
+"#;
+
+fn run(component: &[u8]) -> u32 {
+    let engine = Engine::new(Config::new().wasm_component_model(true)).expect("engine");
+    let component = Component::new(&engine, component).expect("component compiles");
+    let mut linker = Linker::<()>::new(&engine);
+    linker
+        .root()
+        .func_wrap("host-inc", |_, (x,): (u32,)| Ok((x + 1,)))
+        .expect("host function");
+    let mut store = Store::new(&engine, ());
+    let instance = linker
+        .instantiate(&mut store, &component)
+        .expect("instantiates");
+    let run = instance
+        .get_typed_func::<(), (u32,)>(&mut store, "run")
+        .expect("exports run");
+    run.call(&mut store, ()).expect("runs").0
+}
+
+/// Per core module of `component`: whether it uses a memory, and whether each of its
+/// element segments fills a table it defines from a constant offset.
+fn modules(component: &[u8]) -> Vec<(bool, Vec<bool>)> {
+    let mut modules = Vec::new();
+    for payload in Parser::new(0).parse_all(component) {
+        let Payload::ModuleSection {
+            unchecked_range, ..
+        } = payload.expect("parses")
+        else {
+            continue;
+        };
+        let (mut uses_memory, mut imported_tables, mut segments) = (false, 0, Vec::new());
+        for payload in Parser::new(0).parse_all(&component[unchecked_range]) {
+            match payload.expect("parses") {
+                Payload::ImportSection(section) => {
+                    for import in section.into_imports() {
+                        match import.expect("import").ty {
+                            wasmparser::TypeRef::Memory(_) => uses_memory = true,
+                            wasmparser::TypeRef::Table(_) => imported_tables += 1,
+                            _ => {}
+                        }
+                    }
+                }
+                Payload::MemorySection(section) => uses_memory |= section.count() > 0,
+                Payload::ElementSection(section) => {
+                    for element in section {
+                        let ElementKind::Active {
+                            table_index,
+                            offset_expr,
+                        } = element.expect("element").kind
+                        else {
+                            continue;
+                        };
+                        let constant = matches!(
+                            offset_expr.get_operators_reader().read(),
+                            Ok(Operator::I32Const { .. })
+                        );
+                        segments.push(constant && table_index.unwrap_or(0) >= imported_tables);
+                    }
+                }
+                _ => {}
+            }
+        }
+        modules.push((uses_memory, segments));
+    }
+    modules
+}
+
+#[test]
+fn modules_sharing_a_memory_merge_and_compute_the_same() {
+    let original = wat::parse_str(DYNAMICALLY_LINKED).expect("valid WAT");
+    assert_eq!(run(&original), 50);
+
+    let linked = celeriac::link::link(&original)
+        .expect("links")
+        .expect("two modules share the memory");
+    assert_eq!(linked.modules, 2);
+    let linked = linked.component;
+    wasmparser::Validator::new()
+        .validate_all(&linked)
+        .expect("the linked component is valid");
+    assert_eq!(
+        modules(&linked),
+        vec![(true, vec![true])],
+        "one module, its segment at a constant offset into its own table"
+    );
+    assert_eq!(run(&linked), 50);
+}
+
+#[test]
+fn a_component_with_one_module_is_left_alone() {
+    let single = wat::parse_str(
+        r#"(component
+             (core module $m (memory (export "memory") 1) (func (export "f") (result i32) i32.const 1))
+             (core instance $i (instantiate $m))
+             (func (export "f") (result u32) (canon lift (core func $i "f"))))"#,
+    )
+    .expect("valid WAT");
+    assert!(celeriac::link::link(&single).expect("reads").is_none());
+}
+
+/// `celeriac build` links the Python example: CPython's libraries and the WASI adapter end
+/// up in one module whose table is filled only from constant offsets into itself.
+#[test]
+fn the_python_example_is_built_linked() {
+    let component = std::fs::read(workspace().join("target/wasm-tasks/tasks.wasm"))
+        .expect("scripts/build-examples.sh built tasks.wasm");
+    let sharing_memory: Vec<_> = modules(&component)
+        .into_iter()
+        .filter(|(uses_memory, _)| *uses_memory)
+        .collect();
+    assert_eq!(sharing_memory.len(), 1, "one module holds the memory");
+    let segments = &sharing_memory[0].1;
+    assert!(segments.len() > 5, "the libraries' segments: {segments:?}");
+    assert!(
+        segments.iter().all(|lazy| *lazy),
+        "every segment is constant and into the module's own table: {segments:?}"
+    );
+}

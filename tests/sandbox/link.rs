@@ -153,13 +153,26 @@ fn a_component_with_one_module_is_left_alone() {
     assert!(celeriac::link::link(&single).expect("reads").is_none());
 }
 
-/// `celeriac build` links the Python example: CPython's libraries and the WASI adapter end
-/// up in one module whose table is filled only from constant offsets into itself.
+/// The Python example as componentize-py builds it links: CPython's libraries, the WASI
+/// adapter and the init module end up in one module whose table is filled only from
+/// constant offsets into itself (the Python tests elsewhere run tasks through the sandbox,
+/// which compiles this form).
 #[test]
-fn the_python_example_is_built_linked() {
+fn the_python_example_links() {
     let component = std::fs::read(workspace().join("target/wasm-tasks/tasks.wasm"))
         .expect("scripts/build-examples.sh built tasks.wasm");
-    let sharing_memory: Vec<_> = modules(&component)
+    assert!(
+        modules(&component).len() > 10,
+        "componentize-py's separate modules"
+    );
+    let linked = celeriac::link::link(&component)
+        .expect("links")
+        .expect("the libraries share the memory");
+    assert_eq!(linked.modules, 11);
+    wasmparser::Validator::new()
+        .validate_all(&linked.component)
+        .expect("the linked component is valid");
+    let sharing_memory: Vec<_> = modules(&linked.component)
         .into_iter()
         .filter(|(uses_memory, _)| *uses_memory)
         .collect();
@@ -169,5 +182,28 @@ fn the_python_example_is_built_linked() {
     assert!(
         segments.iter().all(|lazy| *lazy),
         "every segment is constant and into the module's own table: {segments:?}"
+    );
+}
+
+#[test]
+fn what_the_linker_cannot_merge_is_refused_not_mangled() {
+    assert!(matches!(
+        celeriac::link::link(b"\0asm not a component"),
+        Err(celeriac::link::LinkError::Parse(_))
+    ));
+    // One library instantiated twice over the same memory: merging would need two copies.
+    let twice = wat::parse_str(
+        r#"(component
+             (core module $main (memory (export "memory") 1))
+             (core module $lib (import "env" "memory" (memory 1)))
+             (core instance $m (instantiate $main))
+             (core instance $a (instantiate $lib (with "env" (instance $m))))
+             (core instance $b (instantiate $lib (with "env" (instance $m)))))"#,
+    )
+    .expect("valid WAT");
+    let refused = celeriac::link::link(&twice).expect_err("refused");
+    assert!(
+        refused.to_string().contains("instantiated more than once"),
+        "{refused}"
     );
 }

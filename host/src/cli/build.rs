@@ -167,47 +167,18 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
         );
     }
     tracing::debug!(stdout = %String::from_utf8_lossy(&result.stdout).trim(), "componentize-py done");
-    let linked = link_modules(&output)?;
 
     let size = fs::metadata(&output)
         .with_context(|| format!("componentize-py did not write {}", output.display()))?
         .len();
-    let linked = linked
-        .map(|modules| format!(", {modules} core modules linked into one"))
-        .unwrap_or_default();
     println!(
-        "built {} from {} in {:.1}s ({:.1} MB{linked})",
+        "built {} from {} in {:.1}s ({:.1} MB)",
         args.output.display(),
         args.source.display(),
         started.elapsed().as_secs_f64(),
         size as f64 / 1_000_000.0
     );
     Ok(())
-}
-
-/// Merges the component's CPython libraries into one core module (see [`celeriac::link`]),
-/// so a fresh instance's function table is filled lazily. A component the linker does not
-/// handle stays as componentize-py wrote it: it runs the same, only slower to instantiate.
-fn link_modules(output: &Path) -> anyhow::Result<Option<usize>> {
-    let bytes = fs::read(output)
-        .with_context(|| format!("componentize-py did not write {}", output.display()))?;
-    let linked = match celeriac::link::link(&bytes) {
-        Ok(Some(linked)) => linked,
-        Ok(None) => return Ok(None),
-        Err(err) => {
-            tracing::warn!("the component's modules stay separate: {err}");
-            return Ok(None);
-        }
-    };
-    if let Err(err) = wasmparser::Validator::new().validate_all(&linked.component) {
-        tracing::warn!(
-            "the component's modules stay separate: the linked component is invalid ({err})"
-        );
-        return Ok(None);
-    }
-    fs::write(output, &linked.component)
-        .with_context(|| format!("cannot write {}", output.display()))?;
-    Ok(Some(linked.modules))
 }
 
 /// The module name to import and the directory to put on the Python path.

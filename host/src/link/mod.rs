@@ -10,7 +10,8 @@
 //! segments at constant offsets, and calls between former modules directly. The rest of
 //! the component (the WASI adapter's shim and fixup, canonical functions, exports) stays
 //! as it was, renumbered, with aliases of the old modules' exports pointing at the merged
-//! one. The result is checked by the caller like any other component.
+//! one. The sandbox links every component it compiles; a component the linker does not
+//! handle is compiled as it is.
 
 mod items;
 mod merge;
@@ -25,6 +26,10 @@ use wasmparser::{ComponentAlias, Instance};
 use items::{Item, SPACES, Space};
 use merge::{Layout, Member, Target};
 use renumber::{Renumber, Sections};
+
+/// Changes whenever [`link`] would produce different code for the same component, so
+/// compiled artifacts of the old output are not reused.
+pub const LINKER_VERSION: u32 = 1;
 
 /// Why a component could not be linked; the component then stays as it was.
 #[derive(Debug, thiserror::Error)]

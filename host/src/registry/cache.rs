@@ -77,6 +77,8 @@ impl CompileCache {
     fn path_for(&self, engine: &Engine, digest_hex: &str) -> PathBuf {
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        // An artifact compiled before the linker changed holds other code for the same bytes.
+        crate::link::LINKER_VERSION.hash(&mut hasher);
         let engine_key = hex::encode(hasher.0.finalize());
         self.dir
             .join(format!("{}-{}.cwasm", &digest_hex[..32], &engine_key[..16]))

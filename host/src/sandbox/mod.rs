@@ -224,17 +224,16 @@ impl Sandbox {
         &self.engine
     }
 
-    /// Compiles component bytes. CPU-heavy: call it from a blocking thread.
+    /// Compiles component bytes, linked first (see [`compile_linked`]). CPU-heavy: call it
+    /// from a blocking thread.
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, SandboxError> {
-        Component::new(&self.engine, bytes).map_err(SandboxError::Compile)
+        compile_linked(bytes, |bytes| Component::new(&self.engine, bytes))
     }
 
     /// Compiles component bytes into an artifact that `Component::deserialize` of an engine
     /// with these settings accepts, without loading it. CPU-heavy, as [`Sandbox::compile`].
     pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, SandboxError> {
-        self.engine
-            .precompile_component(bytes)
-            .map_err(SandboxError::Compile)
+        compile_linked(bytes, |bytes| self.engine.precompile_component(bytes))
     }
 
     /// Links a compiled component and checks it against the world.
@@ -529,4 +528,31 @@ fn classify_failure(state: &GuestState, err: wasmtime::Error) -> Result<Abort, S
         Some(trap) => Ok(Abort::Trap(trap.to_string())),
         None => Err(SandboxError::Instantiate(err)),
     }
+}
+
+/// Compiles `bytes` with the core modules that share its memory linked into one (a Python
+/// component's CPython libraries; see [`crate::link`]), so a fresh instance's function table
+/// is filled lazily. A component the linker leaves alone, or whose linked form does not
+/// compile, is compiled as it is: linking changes speed, never behaviour.
+fn compile_linked<T>(
+    bytes: &[u8],
+    compile: impl Fn(&[u8]) -> wasmtime::Result<T>,
+) -> Result<T, SandboxError> {
+    match crate::link::link(bytes) {
+        Ok(Some(linked)) => match compile(&linked.component) {
+            Ok(compiled) => {
+                tracing::debug!(
+                    modules = linked.modules,
+                    "compiled with its shared-memory modules linked into one"
+                );
+                return Ok(compiled);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the linked component does not compile; compiling it as it is")
+            }
+        },
+        Ok(None) => {}
+        Err(err) => tracing::debug!(error = %err, "compiling the component's modules as they are"),
+    }
+    compile(bytes).map_err(SandboxError::Compile)
 }

@@ -207,3 +207,27 @@ fn what_the_linker_cannot_merge_is_refused_not_mangled() {
         "{refused}"
     );
 }
+
+#[test]
+fn an_invalid_component_is_refused_before_linking() {
+    // An alias of an instance that does not exist: valid binary, invalid component.
+    let dangling = wat::parse_bytes(
+        br#"(component
+              (core module $main (memory (export "memory") 1))
+              (core module $lib (import "env" "memory" (memory 1)))
+              (core instance $m (instantiate $main))
+              (core instance $l (instantiate $lib (with "env" (instance $m)))))"#,
+    )
+    .expect("valid WAT");
+    let mut broken = dangling.to_vec();
+    // Point the second instantiation's argument at instance 7.
+    let arg = broken
+        .windows(5)
+        .rposition(|w| w == b"\x03env\x12")
+        .expect("the `with \"env\"` argument");
+    broken[arg + 5] = 7;
+    assert!(matches!(
+        celeriac::link::link(&broken),
+        Err(celeriac::link::LinkError::Parse(_))
+    ));
+}

@@ -57,6 +57,9 @@ pub struct Linked {
 /// Merges the core modules of `component` that share a memory, or `None` when fewer than
 /// two do.
 pub fn link(component: &[u8]) -> Result<Option<Linked>, LinkError> {
+    // The linker follows indices without checking them; a valid component has them all.
+    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+        .validate_all(component)?;
     let items = items::read_items(component)?;
     let graph = Graph::new(&items, component)?;
     if graph.members.len() < 2 {

@@ -224,8 +224,9 @@ impl Sandbox {
         &self.engine
     }
 
-    /// Compiles component bytes, linked first (see [`compile_linked`]). CPU-heavy: call it
-    /// from a blocking thread.
+    /// Compiles component bytes, with the core modules that share its memory linked into
+    /// one first (see [`crate::link`]; a component the linker leaves alone is compiled as
+    /// it is). CPU-heavy: call it from a blocking thread.
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, SandboxError> {
         compile_linked(bytes, |bytes| Component::new(&self.engine, bytes))
     }

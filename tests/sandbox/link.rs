@@ -231,3 +231,18 @@ fn an_invalid_component_is_refused_before_linking() {
         Err(celeriac::link::LinkError::Parse(_))
     ));
 }
+
+#[test]
+fn modules_with_memories_of_their_own_stay_apart() {
+    // Merged, the two memories would exceed the pool's one memory per module.
+    let two_memories = wat::parse_str(
+        r#"(component
+             (core module $a (memory (export "memory") 1))
+             (core module $b (memory (export "memory") 1))
+             (core instance (instantiate $a))
+             (core instance (instantiate $b)))"#,
+    )
+    .expect("valid WAT");
+    let refused = celeriac::link::link(&two_memories).expect_err("refused");
+    assert!(refused.to_string().contains("2 memories"), "{refused}");
+}

@@ -141,6 +141,20 @@ impl<'a> Graph<'a> {
                 "a module instantiated more than once".to_string(),
             ));
         }
+        // The engine's pool allows one memory and one table per core module: modules with
+        // memories or tables of their own would link into one it cannot instantiate.
+        for (space, kinds) in [(Space::Memory, "memories"), (Space::Table, "tables")] {
+            let defined: u32 = graph
+                .infos
+                .iter()
+                .map(|info| info.defined[space.slot()])
+                .sum();
+            if defined > 1 {
+                return Err(LinkError::Unsupported(format!(
+                    "modules defining {defined} {kinds} between them"
+                )));
+            }
+        }
         Ok(graph)
     }
 

@@ -116,9 +116,7 @@ pub(super) fn read_items(component: &[u8]) -> Result<Vec<Item<'_>>, LinkError> {
                 contents: unchecked_range,
             }),
             Payload::InstanceSection(section) => {
-                for instance in section {
-                    items.push(Item::CoreInstance(instance?));
-                }
+                push_each(&mut items, section, Item::CoreInstance)?
             }
             Payload::ComponentAliasSection(section) => {
                 for alias in section {
@@ -130,14 +128,10 @@ pub(super) fn read_items(component: &[u8]) -> Result<Vec<Item<'_>>, LinkError> {
                 }
             }
             Payload::ComponentCanonicalSection(section) => {
-                for function in section {
-                    items.push(Item::Canon(function?));
-                }
+                push_each(&mut items, section, Item::Canon)?
             }
             Payload::ComponentInstanceSection(section) => {
-                for instance in section {
-                    items.push(Item::ComponentInstance(instance?));
-                }
+                push_each(&mut items, section, Item::ComponentInstance)?
             }
             Payload::ComponentExportSection(section) => {
                 for export in section {
@@ -186,6 +180,18 @@ pub(super) fn read_items(component: &[u8]) -> Result<Vec<Item<'_>>, LinkError> {
         }
     }
     Ok(items)
+}
+
+/// Appends one item per entry of `section`.
+fn push_each<'a, T: wasmparser::FromReader<'a>>(
+    items: &mut Vec<Item<'a>>,
+    section: wasmparser::SectionLimited<'a, T>,
+    item: impl Fn(T) -> Item<'a>,
+) -> Result<(), LinkError> {
+    for entry in section {
+        items.push(item(entry?));
+    }
+    Ok(())
 }
 
 fn raw(id: wasm_encoder::ComponentSectionId, contents: Range<usize>) -> Item<'static> {

@@ -45,7 +45,7 @@ impl Target {
 /// One module to merge: its bytes, what it is, and the target of each of its imports.
 pub(super) struct Member<'a> {
     pub(super) bytes: &'a [u8],
-    pub(super) info: ModuleInfo<'a>,
+    pub(super) info: &'a ModuleInfo<'a>,
     pub(super) import_targets: Vec<Target>,
 }
 

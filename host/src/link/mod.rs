@@ -178,11 +178,11 @@ impl<'a> Graph<'a> {
         }
     }
 
-    fn resolve_members(&self) -> Result<Vec<Member<'a>>, LinkError> {
+    fn resolve_members(&self) -> Result<Vec<Member<'_>>, LinkError> {
         let mut members = Vec::new();
         for (member, &module) in self.member_modules.iter().enumerate() {
             let bytes = self.module_bytes(module);
-            let info = self.infos[member].clone();
+            let info = &self.infos[member];
             if info.has_start {
                 return Err(LinkError::Unsupported(
                     "a shared-memory module with a start function".to_string(),

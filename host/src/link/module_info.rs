@@ -8,7 +8,6 @@ use wasmparser::{Import, Parser, Payload, TypeRef};
 use super::LinkError;
 use super::items::{SPACES, Space};
 
-#[derive(Clone)]
 pub(super) struct ModuleInfo<'a> {
     pub(super) imports: Vec<Import<'a>>,
     /// Per space, the positions in `imports` of that space's imports, in index order.

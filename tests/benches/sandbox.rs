@@ -1,8 +1,9 @@
 //! Per-task cost of the sandbox: a fresh instance, the `run` call and teardown, for a trivial
 //! WAT component and the Rust and Python examples; then the pooling allocator's
 //! keep-resident knob and instance reuse. Median and p99 over `CELERIAC_BENCH_RUNS` runs
-//! (default 2,000) after 100 warm-up runs; `CELERIAC_BENCH_CASE=python` runs only the cases
-//! whose label contains that text.
+//! (default 2,000) after 100 warm-up runs, and the process's minor page faults per run (most
+//! of a fresh instance's cost is the kernel copying and mapping pages of its memory);
+//! `CELERIAC_BENCH_CASE=python` runs only the cases whose label contains that text.
 //!
 //! `cargo bench -p celeriac-tests --bench sandbox` (after `scripts/build-examples.sh`).
 
@@ -102,24 +103,31 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    println!("| case | median | p99 | runs |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!("| case | median | p99 | page faults per run | runs |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
     let only = std::env::var("CELERIAC_BENCH_CASE").unwrap_or_default();
     for case in cases
         .into_iter()
         .filter(|case| case.label.contains(only.as_str()))
     {
-        let (median, p99) = runtime.block_on(measure(&case, runs));
+        let measured = runtime.block_on(measure(&case, runs));
         println!(
-            "| {} | {} | {} | {runs} |",
+            "| {} | {} | {} | {:.0} | {runs} |",
             case.label,
-            micros(median),
-            micros(p99)
+            micros(measured.median),
+            micros(measured.p99),
+            measured.faults_per_run
         );
     }
 }
 
-async fn measure(case: &Case, runs: usize) -> (Duration, Duration) {
+struct Measured {
+    median: Duration,
+    p99: Duration,
+    faults_per_run: f64,
+}
+
+async fn measure(case: &Case, runs: usize) -> Measured {
     let sandbox = Sandbox::new(&case.engine).expect("engine");
     let prepared = match &case.component {
         Component::Bytes(bytes) => {
@@ -157,7 +165,11 @@ async fn measure(case: &Case, runs: usize) -> (Duration, Duration) {
     };
     let events = Arc::new(Recorder::default());
     let mut samples = Vec::with_capacity(runs);
+    let mut faults_before = 0;
     for run in 0..runs + 100 {
+        if run == 100 {
+            faults_before = minor_faults();
+        }
         let invocation = Invocation {
             request: request(case.task),
             args_json: case.args.into(),
@@ -178,11 +190,23 @@ async fn measure(case: &Case, runs: usize) -> (Duration, Duration) {
             samples.push(took);
         }
     }
+    let faults_per_run = (minor_faults() - faults_before) as f64 / runs as f64;
     samples.sort_unstable();
-    (
-        samples[samples.len() / 2],
-        samples[samples.len() * 99 / 100],
-    )
+    Measured {
+        median: samples[samples.len() / 2],
+        p99: samples[samples.len() * 99 / 100],
+        faults_per_run,
+    }
+}
+
+/// Minor page faults of the whole process so far (guest code may run on any thread).
+fn minor_faults() -> i64 {
+    // SAFETY: `rusage` is plain integers, for which all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes the struct it is given.
+    let status = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    assert_eq!(status, 0, "getrusage");
+    usage.ru_minflt
 }
 
 fn micros(duration: Duration) -> String {

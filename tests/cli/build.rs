@@ -1,5 +1,6 @@
 //! `celeriac build`: an unmodified Celery module with a pure-Python dependency compiles and
-//! runs; a module whose import fails is refused with the Python error.
+//! runs, its build-time objects immortal at run time; a module whose import fails is refused
+//! with the Python error.
 
 use std::path::Path;
 
@@ -22,6 +23,12 @@ def shout(text):
 @app.task(bind=True, name="demo.whoami")
 def whoami(self):
     return {"id": self.request.id, "task": self.request.task, "eager": self.request.is_eager}
+
+
+@app.task(name="demo.immortal")
+def immortal():
+    import sys
+    return [sys._is_immortal(obj) for obj in (shouting, shouting.up, app, whoami, [])]
 "#;
 
 fn write(path: &Path, text: &str) {
@@ -90,6 +97,20 @@ fn a_module_with_a_pure_python_dependency_builds_and_runs() {
         request["id"].as_str().map(str::len),
         Some(36),
         "a uuid task id: {request}"
+    );
+
+    // The sandbox links the component with the snapshot's objects made immortal: the
+    // interpreter no longer writes their reference counts. A list made by the task is not.
+    let ran = describe(
+        &command(&["run", "--tasks", path_str(&tasks), "demo.immortal"])
+            .output()
+            .expect("celeriac runs"),
+    );
+    assert_eq!(
+        (ran.0, ran.1.trim()),
+        (Some(0), "[true, true, true, true, false]"),
+        "{}",
+        ran.2
     );
 }
 

@@ -183,6 +183,106 @@ fn the_python_example_links() {
         segments.iter().all(|lazy| *lazy),
         "every segment is constant and into the module's own table: {segments:?}"
     );
+    // The SDK lists ~30,000 objects alive at build time; a few die before the snapshot.
+    assert!(
+        linked.immortal_objects > 20_000,
+        "snapshot objects made immortal: {}",
+        linked.immortal_objects
+    );
+}
+
+/// A table as the Python SDK leaves it (`celeriac_sdk/immortal.py`): the marker, version 1,
+/// the entry count, the wrapping sum of the entry words, then (address, type) pairs.
+fn immortal_table(entries: &[(u32, u32)], checksum_offset: u32) -> Vec<u8> {
+    let words: Vec<u32> = entries.iter().flat_map(|&(a, t)| [a, t]).collect();
+    let sum = words
+        .iter()
+        .fold(checksum_offset, |sum, w| sum.wrapping_add(*w));
+    let mut table = b"celeriac\x00immortal".to_vec();
+    for word in [1, entries.len() as u32, sum].into_iter().chain(words) {
+        table.extend(word.to_le_bytes());
+    }
+    table
+}
+
+/// WAT's string form of `bytes`.
+fn wat_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
+}
+
+/// `main`'s image holds four object headers (reference count, type) at 0x10100..0x10120
+/// (above 64 KiB, as CPython's heap is) and a table listing them; `lib` reads memory.
+fn with_objects(table: &[u8]) -> Vec<u8> {
+    let headers: Vec<u8> = [(3, 0x500), (0, 0x500), (0x10110, 0x500), (1, 0x600)]
+        .into_iter()
+        .flat_map(|(count, ty): (u32, u32)| [count.to_le_bytes(), ty.to_le_bytes()].concat())
+        .collect();
+    let text = format!(
+        r#"(component
+             (core module $main
+               (memory (export "memory") 2)
+               (data (i32.const 0x10100) "{headers}")
+               (data (i32.const 0x400) "{table}"))
+             (core module $lib
+               (import "env" "memory" (memory 2))
+               (func (export "load") (param i32) (result i32) (i32.load (local.get 0))))
+             (core instance $m (instantiate $main))
+             (core instance $l (instantiate $lib (with "env" (instance $m))))
+             (func (export "load") (param "address" u32) (result u32)
+               (canon lift (core func $l "load"))))"#,
+        headers = wat_string(&headers),
+        table = wat_string(table),
+    );
+    wat::parse_str(text).expect("valid WAT")
+}
+
+fn load(component: &[u8], address: u32) -> u32 {
+    let engine = Engine::new(Config::new().wasm_component_model(true)).expect("engine");
+    let component = Component::new(&engine, component).expect("component compiles");
+    let mut store = Store::new(&engine, ());
+    let instance = Linker::<()>::new(&engine)
+        .instantiate(&mut store, &component)
+        .expect("instantiates");
+    let load = instance
+        .get_typed_func::<(u32,), (u32,)>(&mut store, "load")
+        .expect("exports load");
+    load.call(&mut store, (address,)).expect("runs").0
+}
+
+#[test]
+fn listed_objects_with_a_live_header_become_immortal() {
+    // Live; freed (count 0, a free-list end); freed (a free-list pointer where the count
+    // was); another type's object now at the address.
+    let entries = [
+        (0x10100, 0x500),
+        (0x10108, 0x500),
+        (0x10110, 0x500),
+        (0x10118, 0x500),
+    ];
+    let linked = celeriac::link::link(&with_objects(&immortal_table(&entries, 0)))
+        .expect("links")
+        .expect("two modules share the memory");
+    assert_eq!(linked.immortal_objects, 1);
+    let counts: Vec<u32> = [0x10100, 0x10108, 0x10110, 0x10118]
+        .into_iter()
+        .map(|address| load(&linked.component, address))
+        .collect();
+    assert_eq!(
+        counts,
+        [5 << 28, 0, 0x10110, 1],
+        "CPython 3.14's immortal count, 32-bit"
+    );
+    assert_eq!(load(&linked.component, 0x10104), 0x500, "the type is kept");
+}
+
+#[test]
+fn a_table_whose_checksum_does_not_match_changes_nothing() {
+    let entries = [(0x10100, 0x500)];
+    let linked = celeriac::link::link(&with_objects(&immortal_table(&entries, 1)))
+        .expect("links")
+        .expect("two modules share the memory");
+    assert_eq!(linked.immortal_objects, 0);
+    assert_eq!(load(&linked.component, 0x10100), 3);
 }
 
 #[test]

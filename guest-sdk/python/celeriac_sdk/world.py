@@ -38,7 +38,7 @@ from celery.exceptions import (
 )
 from celery.utils.time import get_exponential_backoff_interval
 
-from . import codec, errors, host
+from . import codec, errors, host, immortal
 from . import log as _log
 
 logger = logging.getLogger("celeriac_sdk")
@@ -445,3 +445,4 @@ _log.install()
 _import_task_modules()
 _warm_up()
 _keep_sources()
+immortal.leave_table()

@@ -64,6 +64,7 @@ const SDK_FILES: &[(&str, &str)] = sdk_files![
     "celeriac_sdk/codec.py",
     "celeriac_sdk/errors.py",
     "celeriac_sdk/host.py",
+    "celeriac_sdk/immortal.py",
     "celeriac_sdk/log.py",
     "celeriac_sdk/world.py",
 ];

@@ -18,6 +18,7 @@ use wasm_encoder::{
 use wasmparser::{Operator, Parser, Payload};
 
 use super::LinkError;
+use super::immortal::Patches;
 use super::items::{SPACES, Space};
 use super::module_info::ModuleInfo;
 
@@ -278,11 +279,13 @@ impl Reencode for MemberReencoder<'_> {
     }
 }
 
-/// Encodes the merged module, exporting `exports` (name, space, merged index).
+/// Encodes the merged module, exporting `exports` (name, space, merged index), with
+/// `patches` applied to the members' data segments.
 pub(super) fn encode(
     members: &[Member<'_>],
     layout: &Layout,
     exports: &[(String, Space, u32)],
+    patches: &Patches,
 ) -> Result<Vec<u8>, LinkError> {
     let mut types = TypeSection::new();
     let mut imports = ImportSection::new();
@@ -369,8 +372,25 @@ pub(super) fn encode(
                     reencoder.parse_function_body(&mut code, body)?;
                 }
                 Payload::DataSection(section) => {
-                    for datum in section {
-                        reencoder.parse_data(&mut data, datum?)?;
+                    for (index, datum) in section.into_iter().enumerate() {
+                        let datum = datum?;
+                        match (
+                            patches.apply(member, index as u32, datum.data),
+                            datum.kind.clone(),
+                        ) {
+                            (
+                                Some(patched),
+                                wasmparser::DataKind::Active {
+                                    memory_index,
+                                    offset_expr,
+                                },
+                            ) => {
+                                let memory = reencoder.memory_index(memory_index)?;
+                                let offset = reencoder.const_expr(offset_expr)?;
+                                data.active(memory, &offset, patched);
+                            }
+                            _ => reencoder.parse_data(&mut data, datum)?,
+                        }
                     }
                 }
                 Payload::CustomSection(section) => {

@@ -13,6 +13,7 @@
 //! one. The sandbox links every component it compiles; a component the linker does not
 //! handle is compiled as it is.
 
+mod immortal;
 mod items;
 mod merge;
 mod module_info;
@@ -29,7 +30,7 @@ use renumber::{Renumber, Sections};
 
 /// Changes whenever [`link`] would produce different code for the same component, so
 /// compiled artifacts of the old output are not reused.
-pub const LINKER_VERSION: u32 = 1;
+pub const LINKER_VERSION: u32 = 2;
 
 /// Why a component could not be linked; the component then stays as it was.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,9 @@ pub struct Linked {
     pub component: Vec<u8>,
     /// How many core modules became one.
     pub modules: usize,
+    /// How many objects of a CPython snapshot were made immortal (see the Python SDK's
+    /// `immortal` module); 0 for a component without the SDK's table.
+    pub immortal_objects: usize,
 }
 
 /// Merges the core modules of `component` that share a memory, or `None` when fewer than
@@ -69,10 +73,12 @@ pub fn link(component: &[u8]) -> Result<Option<Linked>, LinkError> {
     let layout = Layout::new(&members);
     let plan = graph.plan(&members)?;
     let exports = plan.exports(&layout);
-    let merged = merge::encode(&members, &layout, &exports)?;
+    let patches = immortal::plan(&members)?;
+    let merged = merge::encode(&members, &layout, &exports, &patches)?;
     Ok(Some(Linked {
         component: plan.emit(&graph, &layout, &merged)?,
         modules: members.len(),
+        immortal_objects: patches.objects,
     }))
 }
 

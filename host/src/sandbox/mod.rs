@@ -544,6 +544,7 @@ fn compile_linked<T>(
             Ok(compiled) => {
                 tracing::debug!(
                     modules = linked.modules,
+                    immortal_objects = linked.immortal_objects,
                     "compiled with its shared-memory modules linked into one"
                 );
                 return Ok(compiled);

@@ -10,8 +10,10 @@
 //! segments at constant offsets, and calls between former modules directly. The rest of
 //! the component (the WASI adapter's shim and fixup, canonical functions, exports) stays
 //! as it was, renumbered, with aliases of the old modules' exports pointing at the merged
-//! one. The sandbox links every component it compiles; a component the linker does not
-//! handle is compiled as it is.
+//! one. When the Python SDK left a table of its snapshot's objects in the memory image, the
+//! merged module's data segments mark those objects immortal (see `immortal`). The sandbox
+//! links every component it compiles; a component the linker does not handle is compiled
+//! as it is.
 
 mod immortal;
 mod items;

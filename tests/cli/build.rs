@@ -1,6 +1,6 @@
 //! `celeriac build`: an unmodified Celery module with a pure-Python dependency compiles and
-//! runs, its build-time objects immortal at run time; a module whose import fails is refused
-//! with the Python error.
+//! runs, its build-time objects immortal and its randomness fresh at run time; a module whose
+//! import fails is refused with the Python error.
 
 use std::path::Path;
 
@@ -23,6 +23,12 @@ def shout(text):
 @app.task(bind=True, name="demo.whoami")
 def whoami(self):
     return {"id": self.request.id, "task": self.request.task, "eager": self.request.is_eager}
+
+
+@app.task(name="demo.lucky")
+def lucky():
+    import random
+    return random.random()
 
 
 @app.task(name="demo.immortal")
@@ -112,6 +118,20 @@ fn a_module_with_a_pure_python_dependency_builds_and_runs() {
         "{}",
         ran.2
     );
+
+    // Every instance starts from one snapshot, but not from its `random` state.
+    let draws: Vec<f64> = (0..2)
+        .map(|_| {
+            let ran = describe(
+                &command(&["run", "--tasks", path_str(&tasks), "demo.lucky"])
+                    .output()
+                    .expect("celeriac runs"),
+            );
+            assert_eq!(ran.0, Some(0), "{}", ran.2);
+            ran.1.trim().parse().expect("a float")
+        })
+        .collect();
+    assert_ne!(draws[0], draws[1], "fresh instances draw alike: {draws:?}");
 }
 
 #[test]

@@ -189,8 +189,9 @@ def _request_context(request, args, kwargs):
 
 def _call(task, args, kwargs):
     """Calls the task body as Celery's worker does, with ``autoretry_for`` applied."""
-    if type(task).__call__ is not Task.__call__:
-        task._worker_call = True  # a custom __call__: let it run, without a new request
+    custom_call = type(task).__call__ is not Task.__call__
+    if custom_call:
+        task._worker_call = True  # let it run, without a new request
         body = task
     else:
         body = task.run
@@ -215,7 +216,9 @@ def _call(task, args, kwargs):
                 )
             raise task.retry(exc=exc, **retry_kwargs)
     finally:
-        task._worker_call = False
+        # Only when set: a write to a snapshot object is a page the host copies.
+        if custom_call:
+            task._worker_call = False
 
 
 def _safely(hook, *args, **kwargs):
@@ -351,16 +354,13 @@ _process_initialised = False
 
 
 def _start_instance():
-    """Once per instance: fresh randomness (the snapshot froze ``random``'s state) and
-    Celery's ``worker_process_init``."""
+    """Once per instance: Celery's ``worker_process_init``. (componentize-py reseeds
+    ``random`` itself before an instance's first call, so the snapshot's state is not
+    shared.)"""
     global _process_initialised
     if _process_initialised:
         return
     _process_initialised = True
-    try:
-        random.seed()
-    except Exception:  # noqa: BLE001 - no entropy source: keep the snapshot's state
-        pass
     signals.worker_process_init.send(sender=None)
 
 

@@ -7,7 +7,8 @@ tasks.py -o tasks.wasm`` compiles the module with componentize-py, together with
 * :mod:`celeriac_sdk.world` - the component's exports (``tasks``, ``run``);
 * :mod:`celeriac_sdk.codec` - kombu's JSON with its ``__type__`` markers;
 * :mod:`celeriac_sdk.errors` - exceptions -> the WIT ``task-error``;
-* :mod:`celeriac_sdk.log` - logging, ``print`` and stderr -> the host's log.
+* :mod:`celeriac_sdk.log` - logging, ``print`` and stderr -> the host's log;
+* :mod:`celeriac_sdk.immortal` - the table of build-time objects the host makes immortal.
 
 Only pure-Python code can be compiled in: C extension modules (``numpy``, ``lxml``, ...)
 cannot be loaded by the CPython inside a component.
